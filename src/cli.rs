@@ -1,0 +1,300 @@
+//! The client subcommands: each builds a protocol request, sends it, and prints the
+//! outcome for a person (or JSON for a script).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Map, Value};
+use svcdns::client::{Connection, Endpoint, ServerError};
+
+use crate::ConnectArgs;
+
+/// Lease used by `--keepalive` when no `--ttl` is given.
+const KEEPALIVE_DEFAULT_TTL: u64 = 10;
+
+#[derive(Args)]
+pub struct RegisterArgs {
+    /// Service name (a DNS label), e.g. web
+    service: String,
+    /// Instance id, unique within the service (a DNS label), e.g. web-1
+    id: String,
+    /// IPv4 or IPv6 address; repeat for several
+    #[arg(long = "address", short = 'a', required = true)]
+    addresses: Vec<String>,
+    #[arg(long, short)]
+    port: u16,
+    /// tcp or udp
+    #[arg(long)]
+    proto: Option<String>,
+    #[arg(long)]
+    priority: Option<u16>,
+    #[arg(long)]
+    weight: Option<u16>,
+    /// Tag; repeat for several
+    #[arg(long = "tag", short = 't')]
+    tags: Vec<String>,
+    /// Metadata as key=value; repeat for several
+    #[arg(long = "meta", short = 'm', value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+    /// Lease in seconds: the instance disappears unless renewed within it
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// TTL of the DNS records, in seconds (the zone's default otherwise)
+    #[arg(long)]
+    dns_ttl: Option<u32>,
+    /// Zone to register in (the server's default zone otherwise)
+    #[arg(long)]
+    zone: Option<String>,
+    /// Tie the instance to this command: renew the lease until interrupted, then deregister
+    #[arg(long)]
+    keepalive: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Args)]
+pub struct KeyArgs {
+    service: String,
+    id: String,
+    #[arg(long)]
+    zone: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+impl KeyArgs {
+    fn request(&self, op: &str) -> Value {
+        let mut request = json!({"op": op, "service": self.service, "id": self.id});
+        if let (Some(zone), Value::Object(map)) = (&self.zone, &mut request) {
+            map.insert("zone".into(), json!(zone));
+        }
+        request
+    }
+}
+
+impl RegisterArgs {
+    fn request(&self) -> Result<Value> {
+        let mut meta = Map::new();
+        for pair in &self.meta {
+            let Some((key, value)) = pair.split_once('=') else {
+                bail!("--meta {pair:?} is not KEY=VALUE");
+            };
+            meta.insert(key.to_string(), json!(value));
+        }
+        let mut request = json!({
+            "op": "register",
+            "service": self.service,
+            "id": self.id,
+            "addresses": self.addresses,
+            "port": self.port,
+            "tags": self.tags,
+            "meta": meta,
+        });
+        let ttl = match (self.ttl, self.keepalive) {
+            (None, true) => Some(KEEPALIVE_DEFAULT_TTL),
+            (ttl, _) => ttl,
+        };
+        let optional = [
+            ("proto", self.proto.as_ref().map(|p| json!(p))),
+            ("priority", self.priority.map(|p| json!(p))),
+            ("weight", self.weight.map(|w| json!(w))),
+            ("ttl", ttl.map(|t| json!(t))),
+            ("dns_ttl", self.dns_ttl.map(|t| json!(t))),
+            ("zone", self.zone.as_ref().map(|z| json!(z))),
+        ];
+        if let Value::Object(map) = &mut request {
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    map.insert(key.into(), value);
+                }
+            }
+        }
+        Ok(request)
+    }
+}
+
+pub async fn register(args: RegisterArgs) -> Result<()> {
+    let endpoint = args.connect.endpoint();
+    let request = args.request()?;
+    let mut connection = Connection::open(&endpoint).await?;
+    let reply = connection.request(&request).await?;
+    println!(
+        "registered {}.{} in {}",
+        args.id,
+        args.service,
+        reply["zone"].as_str().unwrap_or("?")
+    );
+    if !args.keepalive {
+        return Ok(());
+    }
+    let ttl = reply["ttl"].as_u64().unwrap_or(KEEPALIVE_DEFAULT_TTL);
+    keepalive(&endpoint, connection, &request, ttl).await
+}
+
+/// Renews at a third of the lease, so two renewals can be lost before it lapses. If
+/// the server forgot the instance (it restarted) or the connection broke, registers
+/// again. On Ctrl-C or SIGTERM, deregisters and returns.
+async fn keepalive(
+    endpoint: &Endpoint,
+    mut connection: Connection,
+    request: &Value,
+    ttl: u64,
+) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let period = Duration::from_millis((ttl * 1000 / 3).max(200));
+    let mut terminate = signal(SignalKind::terminate())?;
+    let renew = json!({"op": "renew", "service": request["service"], "id": request["id"], "zone": request.get("zone")});
+    eprintln!(
+        "keeping the lease alive every {:.1}s; Ctrl-C to deregister and exit",
+        period.as_secs_f64()
+    );
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        let renewed = connection.request(&renew).await;
+        if let Err(e) = renewed {
+            let forgotten = e
+                .downcast_ref::<ServerError>()
+                .is_some_and(|s| s.code == "not_found");
+            eprintln!("renewal failed ({e:#}); registering again");
+            if !forgotten {
+                match Connection::open(endpoint).await {
+                    Ok(fresh) => connection = fresh,
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = connection.request(request).await {
+                eprintln!("registering again failed: {e:#}");
+            }
+        }
+    }
+    let deregister = json!({"op": "deregister", "service": request["service"], "id": request["id"], "zone": request.get("zone")});
+    connection
+        .request(&deregister)
+        .await
+        .context("deregistering")?;
+    println!(
+        "deregistered {}.{}",
+        request["id"].as_str().unwrap_or("?"),
+        request["service"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+pub async fn deregister(args: KeyArgs) -> Result<()> {
+    let mut connection = Connection::open(&args.connect.endpoint()).await?;
+    connection.request(&args.request("deregister")).await?;
+    println!("deregistered {}.{}", args.id, args.service);
+    Ok(())
+}
+
+pub async fn renew(args: KeyArgs) -> Result<()> {
+    let mut connection = Connection::open(&args.connect.endpoint()).await?;
+    let reply = connection.request(&args.request("renew")).await?;
+    match reply["ttl"].as_u64() {
+        Some(ttl) => println!("renewed {}.{} for {ttl}s", args.id, args.service),
+        None => println!(
+            "{}.{} has no lease to renew; it stays until deregistered",
+            args.id, args.service
+        ),
+    }
+    Ok(())
+}
+
+pub async fn list(endpoint: &Endpoint, service: Option<String>, as_json: bool) -> Result<()> {
+    let mut connection = Connection::open(endpoint).await?;
+    let reply = connection
+        .request(&json!({"op": "list", "service": service}))
+        .await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    let rows: Vec<[String; 7]> = reply["instances"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            let joined = |key: &str| {
+                i[key]
+                    .as_array()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+            };
+            let lease = match i["expires_in"].as_f64() {
+                Some(left) => format!("{left:.0}s left"),
+                None if i["ephemeral"] == json!(true) => "ephemeral".to_string(),
+                None => "permanent".to_string(),
+            };
+            [
+                i["service"].as_str().unwrap_or("").to_string(),
+                i["id"].as_str().unwrap_or("").to_string(),
+                joined("addresses"),
+                format!("{}/{}", i["port"], i["proto"].as_str().unwrap_or("")),
+                joined("tags"),
+                lease,
+                i["zone"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "SERVICE",
+        "ID",
+        "ADDRESSES",
+        "PORT",
+        "TAGS",
+        "LEASE",
+        "ZONE",
+    ]
+    .map(String::from);
+    let mut widths = [0usize; 7];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    Ok(())
+}
+
+pub async fn watch(endpoint: &Endpoint, service: Option<String>) -> Result<()> {
+    let mut connection = Connection::open(endpoint).await?;
+    let reply = connection
+        .request(&json!({"op": "watch", "service": service}))
+        .await?;
+    for instance in reply["instances"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!("{}", json!({"event": "present", "instance": instance}));
+    }
+    while let Some(message) = connection.next_message().await? {
+        println!("{message}");
+        if message.get("ok") == Some(&Value::Bool(false)) {
+            svcdns::client::check(message)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! A client for the registration protocol, used by the CLI subcommands.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where the registration API listens.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "{}", path.display()),
+            Endpoint::Tcp(address) => write!(f, "tcp {address}"),
+        }
+    }
+}
+
+/// A refusal from the server, with its stable code.
+#[derive(Debug, Error)]
+#[error("{code}: {message}")]
+pub struct ServerError {
+    pub code: String,
+    pub message: String,
+}
+
+type BoxedRead = Box<dyn AsyncRead + Unpin + Send>;
+type BoxedWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
+pub struct Connection {
+    reader: BufReader<BoxedRead>,
+    writer: BoxedWrite,
+    line: String,
+}
+
+impl Connection {
+    pub async fn open(endpoint: &Endpoint) -> Result<Connection> {
+        let (reader, writer): (BoxedRead, BoxedWrite) = match endpoint {
+            Endpoint::Unix(path) => {
+                let stream = UnixStream::connect(path).await.with_context(|| {
+                    format!(
+                        "cannot connect to svcdns at {} (is `svcdns serve` running here?)",
+                        path.display()
+                    )
+                })?;
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Endpoint::Tcp(address) => {
+                let stream = TcpStream::connect(address)
+                    .await
+                    .with_context(|| format!("cannot connect to svcdns at {address}"))?;
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+        };
+        Ok(Connection {
+            reader: BufReader::new(reader),
+            writer,
+            line: String::new(),
+        })
+    }
+
+    /// Sends one request and returns its reply, or the server's refusal as a
+    /// [`ServerError`] inside the `anyhow::Error`.
+    pub async fn request(&mut self, request: &Value) -> Result<Value> {
+        let mut bytes = serde_json::to_vec(request)?;
+        bytes.push(b'\n');
+        self.writer
+            .write_all(&bytes)
+            .await
+            .context("sending the request")?;
+        self.writer.flush().await?;
+        match self.next_message().await? {
+            Some(reply) => check(reply),
+            None => bail!("the server closed the connection without a reply"),
+        }
+    }
+
+    /// The next line from the server (for watch streams); `None` at end of stream.
+    pub async fn next_message(&mut self) -> Result<Option<Value>> {
+        self.line.clear();
+        let read = self
+            .reader
+            .read_line(&mut self.line)
+            .await
+            .context("reading the reply")?;
+        if read == 0 {
+            return Ok(None);
+        }
+        let value = serde_json::from_str(self.line.trim_end())
+            .context("the server sent a line that is not JSON")?;
+        Ok(Some(value))
+    }
+}
+
+/// Turns an `{"ok":false,…}` reply into an error.
+pub fn check(reply: Value) -> Result<Value> {
+    if reply.get("ok") == Some(&Value::Bool(true)) {
+        return Ok(reply);
+    }
+    let error = reply.get("error");
+    let field = |name: &str| {
+        error
+            .and_then(|e| e.get(name))
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
+    Err(ServerError {
+        code: field("code"),
+        message: field("message"),
+    }
+    .into())
+}

@@ -1,0 +1,205 @@
+//! `svcdns.yaml` (DESIGN §3). Every key is optional, so `svcdns serve` runs with no file;
+//! unknown keys are errors, because a misspelt key that is silently ignored is a
+//! setting the user believes in and does not have.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::registry::spec::canonical_zone;
+
+/// A problem with a configuration or zone file, naming the file and, where the YAML
+/// reader knows it, the line: `zones/svc.internal.yaml:12: …`.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", path.display())]
+    AtLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: {message}", path.display())]
+    InFile { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    pub fn in_file(path: &Path, message: impl Into<String>) -> ConfigError {
+        ConfigError::InFile {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// serde_yaml puts the position at the end of its message ("… at line 3 column 5");
+    /// we move the line to the front, where editors and people look for it.
+    pub fn yaml(path: &Path, error: &serde_yaml::Error) -> ConfigError {
+        let text = error.to_string();
+        let message = match text.find(" at line ") {
+            Some(at) => text[..at].to_string(),
+            None => text,
+        };
+        match error.location() {
+            Some(location) => ConfigError::AtLine {
+                path: path.to_path_buf(),
+                line: location.line(),
+                message,
+            },
+            None => ConfigError::InFile {
+                path: path.to_path_buf(),
+                message,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub dns: DnsConfig,
+    pub registration: RegistrationConfig,
+    pub zones_dir: PathBuf,
+    pub default_zone: String,
+    pub forward: ForwardConfig,
+    pub data_dir: Option<PathBuf>,
+    pub http: Option<HttpConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// UDP and TCP on each address.
+    pub listen: Vec<SocketAddr>,
+    /// Default record TTL in seconds.
+    pub ttl: u32,
+    /// Idle time after which a DNS-over-TCP connection is closed, in seconds.
+    pub tcp_idle_timeout: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Unix socket path; `null` disables it.
+    pub unix: Option<PathBuf>,
+    /// Loopback TCP address; `null` disables it.
+    pub tcp: Option<SocketAddr>,
+    pub tokens_file: Option<PathBuf>,
+    /// Most registration connections served at once.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    pub upstreams: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dns: DnsConfig::default(),
+            registration: RegistrationConfig::default(),
+            zones_dir: PathBuf::from("zones"),
+            default_zone: "svc.internal.".to_string(),
+            forward: ForwardConfig::default(),
+            data_dir: None,
+            http: None,
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8053))],
+            ttl: 5,
+            tcp_idle_timeout: 5,
+        }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            unix: Some(PathBuf::from("svcdns.sock")),
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 8054))),
+            tokens_file: None,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // An empty file is a valid "all defaults" configuration.
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(&text).map_err(|e| ConfigError::yaml(path, &e))?
+        };
+        config
+            .check()
+            .map_err(|message| ConfigError::in_file(path, message))?;
+        Ok(config)
+    }
+
+    /// Cross-field rules, and refusal of settings this version does not implement
+    /// yet: accepting them and doing nothing would be a silent lie.
+    pub fn check(&self) -> Result<(), String> {
+        if self.dns.listen.is_empty() {
+            return Err("dns.listen must name at least one address".into());
+        }
+        if self.dns.ttl > 86_400 {
+            return Err(format!("dns.ttl {} is over a day (86400)", self.dns.ttl));
+        }
+        if canonical_zone(&self.default_zone).is_none() {
+            return Err(format!(
+                "default_zone {:?} is not a valid zone name",
+                self.default_zone
+            ));
+        }
+        if self.registration.unix.is_none() && self.registration.tcp.is_none() {
+            return Err("registration needs a unix socket, a tcp address, or both".into());
+        }
+        if self.registration.max_connections == 0 {
+            return Err("registration.max_connections must be at least 1".into());
+        }
+        let unsupported = [
+            (
+                self.registration.tokens_file.is_some(),
+                "registration.tokens_file",
+            ),
+            (!self.forward.upstreams.is_empty(), "forward.upstreams"),
+            (self.data_dir.is_some(), "data_dir"),
+            (self.http.is_some(), "http"),
+        ];
+        if let Some((_, key)) = unsupported.iter().find(|(set, _)| *set) {
+            return Err(format!(
+                "{key} is not supported by this version of svcdns yet; remove it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The default zone in canonical form (checked by `check`).
+    pub fn default_zone(&self) -> String {
+        canonical_zone(&self.default_zone).unwrap_or_else(|| "svc.internal.".to_string())
+    }
+}

@@ -1,0 +1,131 @@
+//! The `svcdns` command: `serve`, and the client subcommands that talk to a running
+//! server's registration socket.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use svcdns::client::{Endpoint, ServerError};
+use svcdns::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "svcdns",
+    version,
+    about = "DNS-based service discovery: services register over a socket, any DNS client finds them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (DNS on 127.0.0.1:8053, registrations on ./svcdns.sock and 127.0.0.1:8054 by default)
+    Serve {
+        /// YAML configuration file; every key is optional
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Register (or replace) a service instance
+    Register(cli::RegisterArgs),
+    /// Remove a service instance
+    Deregister(cli::KeyArgs),
+    /// Extend the lease of a service instance
+    Renew(cli::KeyArgs),
+    /// List registered instances
+    List {
+        /// Only instances of this service
+        service: Option<String>,
+        /// Print the server's JSON reply instead of a table
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Print the current instances, then every change, as JSON lines
+    Watch {
+        /// Only changes to this service
+        service: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+/// Where to reach the server.
+#[derive(Args, Clone)]
+pub struct ConnectArgs {
+    /// Registration Unix socket
+    #[arg(long, default_value = "svcdns.sock", global = true)]
+    socket: PathBuf,
+    /// Use the registration TCP port at this address instead of the Unix socket
+    #[arg(long, value_name = "ADDR", global = true)]
+    tcp: Option<String>,
+}
+
+impl ConnectArgs {
+    pub fn endpoint(&self) -> Endpoint {
+        match &self.tcp {
+            Some(address) => Endpoint::Tcp(address.clone()),
+            None => Endpoint::Unix(self.socket.clone()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("svcdns: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => {
+                let config = match config {
+                    Some(path) => Config::load(&path)?,
+                    None => Config::default(),
+                };
+                svcdns::serve::run(config).await
+            }
+            Command::Register(args) => cli::register(args).await,
+            Command::Deregister(args) => cli::deregister(args).await,
+            Command::Renew(args) => cli::renew(args).await,
+            Command::List {
+                service,
+                json,
+                connect,
+            } => cli::list(&connect.endpoint(), service, json).await,
+            Command::Watch { service, connect } => cli::watch(&connect.endpoint(), service).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(refusal) = e.downcast_ref::<ServerError>() {
+                eprintln!("svcdns: refused: {refusal}");
+            } else {
+                eprintln!("svcdns: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level. hickory-server logs two INFO
+/// lines per query, which at DNS rates is a flood, so it is held to warnings.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,hickory_net=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,116 @@
+//! Why the registry refused a change. Each variant maps to one stable protocol `code`,
+//! and its message names the field and the value, so a user can fix the request
+//! without reading our source.
+
+use thiserror::Error;
+
+use super::model::LabelKind;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RegistryError {
+    #[error("{} {value:?} {problem}", kind.field())]
+    InvalidLabel {
+        kind: LabelKind,
+        value: String,
+        problem: &'static str,
+    },
+    #[error("address {value:?} {problem}")]
+    InvalidAddress {
+        value: String,
+        problem: &'static str,
+    },
+    #[error("port {0} is out of range 1-65535")]
+    InvalidPort(u64),
+    #[error("proto {0:?} is neither \"tcp\" nor \"udp\"")]
+    InvalidProto(String),
+    #[error("{field} {value} is out of range 1-{max}")]
+    InvalidTtl {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("meta {key:?} {problem}")]
+    InvalidMeta { key: String, problem: &'static str },
+    #[error("{field} has {count} entries, at most {max} are allowed")]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("{field} {value} is not {expected}")]
+    BadValue {
+        code: &'static str,
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{field} {value} is out of range 0-{max}")]
+    OutOfRange {
+        code: &'static str,
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("unknown field {0:?}")]
+    UnknownField(String),
+    #[error("{0} is required")]
+    MissingField(&'static str),
+    #[error(
+        "label {label:?} of service {service:?} would be both an instance id and a tag: {detail}"
+    )]
+    LabelConflict {
+        service: String,
+        label: String,
+        detail: &'static str,
+    },
+    #[error("service {service:?} collides with the static record {name} in zone {zone}")]
+    NameConflict {
+        service: String,
+        zone: String,
+        name: String,
+    },
+    #[error("service {service:?} would need a {length}-byte name in zone {zone}, over DNS's 255")]
+    NameTooLong {
+        service: String,
+        zone: String,
+        length: usize,
+    },
+    #[error("zone {0:?} is not served here")]
+    UnknownZone(String),
+    #[error("instance {id:?} of service {service:?} is not registered")]
+    NotFound { service: String, id: String },
+}
+
+impl RegistryError {
+    /// The stable machine-readable code of the protocol (DESIGN §2). Clients match on
+    /// these, so they never change once published.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RegistryError::InvalidLabel { kind, .. } => match kind {
+                LabelKind::Service => "invalid_service",
+                LabelKind::Id => "invalid_id",
+                LabelKind::Tag => "invalid_tag",
+            },
+            RegistryError::InvalidAddress { .. } => "invalid_address",
+            RegistryError::InvalidPort(_) => "invalid_port",
+            RegistryError::InvalidProto(_) => "invalid_proto",
+            RegistryError::InvalidTtl { field, .. } => match *field {
+                "dns_ttl" => "invalid_dns_ttl",
+                _ => "invalid_ttl",
+            },
+            RegistryError::InvalidMeta { .. } => "invalid_meta",
+            RegistryError::TooMany { field, .. } => match *field {
+                "tags" => "invalid_tag",
+                _ => "invalid_address",
+            },
+            RegistryError::BadValue { code, .. } | RegistryError::OutOfRange { code, .. } => code,
+            RegistryError::UnknownField(_) => "unknown_field",
+            RegistryError::MissingField(_) => "missing_field",
+            RegistryError::LabelConflict { .. } => "label_conflict",
+            RegistryError::NameConflict { .. } => "name_conflict",
+            RegistryError::NameTooLong { .. } => "name_too_long",
+            RegistryError::UnknownZone(_) => "unknown_zone",
+            RegistryError::NotFound { .. } => "not_found",
+        }
+    }
+}

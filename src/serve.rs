@@ -1,0 +1,113 @@
+//! `svcdns serve`: wires configuration, zones, registry, DNS and registration listeners
+//! together, and takes them down again on SIGTERM/SIGINT.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use hickory_proto::rr::Name;
+use tracing::info;
+
+use crate::api::RegistrationServer;
+use crate::config::Config;
+use crate::dns::server::DnsServer;
+use crate::dns::{zone_file, Zone, ZoneSpec, Zones};
+use crate::registry::Registry;
+
+pub async fn run(config: Config) -> Result<()> {
+    let specs = zone_specs(&config)?;
+    // SOA serials start at the current time so that they only grow across restarts.
+    let serial = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1);
+    let mut zones = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let zone =
+            Zone::new(spec, serial).with_context(|| format!("building zone {}", spec.origin))?;
+        zones.push(Arc::new(zone));
+    }
+    let zones = Arc::new(Zones::new(zones));
+    let registry = Registry::new(zones.clone(), &config.default_zone());
+    for spec in &specs {
+        for instance in &spec.services {
+            let source = spec
+                .source
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            registry.register(instance.clone(), None).with_context(|| {
+                format!(
+                    "{source}: static service {} instance {}",
+                    instance.service, instance.id
+                )
+            })?;
+        }
+    }
+
+    let dns = DnsServer::start(
+        &config.dns.listen,
+        zones.catalog(),
+        Duration::from_secs(config.dns.tcp_idle_timeout),
+    )
+    .await?;
+    let registration = RegistrationServer::start(
+        registry.clone(),
+        config.registration.unix.as_deref(),
+        config.registration.tcp,
+        config.registration.max_connections,
+    )
+    .await?;
+
+    let served: Vec<String> = specs.iter().map(|s| s.origin.to_string()).collect();
+    info!(zones = ?served, "serving");
+    // One machine-readable line on stdout, for scripts and tests that start svcdns on
+    // port 0 and need to know where it ended up.
+    let dns_addrs: Vec<String> = dns.local_addrs.iter().map(|a| a.to_string()).collect();
+    let mut ready = format!("svcdns ready dns={}", dns_addrs.join(","));
+    if let Some(path) = &registration.unix_addr {
+        ready.push_str(&format!(" unix={}", path.display()));
+    }
+    if let Some(address) = &registration.tcp_addr {
+        ready.push_str(&format!(" tcp={address}"));
+    }
+    println!("{ready}");
+
+    wait_for_signal().await?;
+    info!("shutting down");
+    registration.shutdown().await;
+    registry.shutdown();
+    dns.shutdown().await?;
+    Ok(())
+}
+
+/// The zones from `zones_dir`, plus the default zone when no file defines it.
+fn zone_specs(config: &Config) -> Result<Vec<ZoneSpec>> {
+    let ns_address = config
+        .dns
+        .listen
+        .iter()
+        .map(|a| a.ip())
+        .find(|ip: &IpAddr| !ip.is_unspecified());
+    let mut specs = zone_file::load_dir(&config.zones_dir, config.dns.ttl, ns_address)?;
+    let default_zone = config.default_zone();
+    if !specs.iter().any(|s| s.origin.to_string() == default_zone) {
+        let origin = Name::from_ascii(&default_zone)
+            .with_context(|| format!("default_zone {default_zone}"))?;
+        specs.push(ZoneSpec::empty(origin, config.dns.ttl, ns_address));
+    }
+    Ok(specs)
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
