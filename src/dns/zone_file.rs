@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, PTR, SRV, TXT};
 use hickory_proto::rr::{Name, RData};
-use serde::Deserialize;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::config::ConfigError;
 use crate::registry::spec::{canonical_zone, instance_from_json};
@@ -328,8 +333,6 @@ impl TryFrom<String> for DomainName {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(try_from = "RawRecord")]
 struct RecordFields {
     name: Name,
     ttl: Option<u32>,
@@ -457,18 +460,63 @@ fn scalar_strings(value: &serde_yaml::Value) -> Option<Vec<String>> {
 }
 
 /// A static service instance: the fields of a `register` request.
-#[derive(Deserialize)]
-#[serde(try_from = "serde_json::Value")]
 struct StaticService(Instance);
 
-impl TryFrom<serde_json::Value> for StaticService {
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for StaticService {
     type Error = String;
-    fn try_from(value: serde_json::Value) -> Result<Self, String> {
-        let serde_json::Value::Object(object) = value else {
-            return Err("a service must be a map of registration fields".to_string());
-        };
+    fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
         let instance = instance_from_json(&object, "", &[]).map_err(|e| e.to_string())?;
         instance.validate().map_err(|e| e.to_string())?;
         Ok(StaticService(instance))
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordFields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(CheckedMap::<RawRecord, RecordFields>::new("a record map"))
+    }
+}
+
+impl<'de> Deserialize<'de> for StaticService {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(CheckedMap::<serde_json::Map<String, serde_json::Value>, StaticService>::new(
+            "a map of registration fields",
+        ))
+    }
+}
+
+/// Reads a map as `Raw` and converts it with `TryFrom` *inside* the map visitor.
+///
+/// `#[serde(try_from)]` would convert after the map is read, and serde_yaml would then
+/// report the line of the enclosing list; raised here, the error carries the line of
+/// the record or service that is wrong.
+struct CheckedMap<Raw, T> {
+    expecting: &'static str,
+    types: PhantomData<(Raw, T)>,
+}
+
+impl<Raw, T> CheckedMap<Raw, T> {
+    fn new(expecting: &'static str) -> Self {
+        CheckedMap {
+            expecting,
+            types: PhantomData,
+        }
+    }
+}
+
+impl<'de, Raw, T> Visitor<'de> for CheckedMap<Raw, T>
+where
+    Raw: Deserialize<'de>,
+    T: TryFrom<Raw, Error = String>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        let raw = Raw::deserialize(MapAccessDeserializer::new(map))?;
+        T::try_from(raw).map_err(de::Error::custom)
     }
 }
