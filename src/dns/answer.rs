@@ -111,9 +111,8 @@ impl Answer {
         LookupRecords::many(options, rotated)
     }
 
-    /// The additional RRsets that fit in a response of at most `limit` bytes. `slack`
-    /// is reserved for what the prepared sizes do not know: the OPT record and a
-    /// question whose case defeats name compression.
+    /// The additional RRsets that fit in a response of at most `limit` bytes, keeping
+    /// `slack` bytes free for what the prepared sizes do not include (the OPT record).
     ///
     /// Whole RRsets are dropped from the end, and since the answer section then still
     /// fits, the response carries no TC bit (RFC 2181 §9: additional data is optional).
@@ -157,18 +156,25 @@ pub fn record_set(
 }
 
 /// Encodes header, question, the answer RRset and then each additional RRset into one
-/// buffer, exactly as the response encoder will (including name compression), and
-/// records the length after the answer and after each additional set.
+/// buffer, as the response encoder will, and records the length after the answer and
+/// after each additional set.
+///
+/// The question goes in as opaque bytes: hickory copies the client's question verbatim
+/// and never compresses later names against it, so neither may the measurement (and
+/// so the question's case does not matter either).
 ///
 /// On an encoding failure every size is `usize::MAX`, which only means "never add
 /// additionals": the answer itself is still served and sized by the real encoder.
 fn encoded_sizes(rrset: &RecordSet, additionals: &[Arc<RecordSet>]) -> (usize, Vec<usize>) {
-    let mut buffer = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut buffer);
     let mut ends = Vec::with_capacity(additionals.len());
     let answer_size = (|| {
+        let mut question = Vec::with_capacity(64);
+        Query::query(rrset.name().clone(), rrset.record_type())
+            .emit(&mut BinEncoder::new(&mut question))?;
+        let mut buffer = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut buffer);
         encoder.emit_vec(&[0; 12])?;
-        Query::query(rrset.name().clone(), rrset.record_type()).emit(&mut encoder)?;
+        encoder.emit_vec(&question)?;
         encoder.emit_all(rrset.records_without_rrsigs())?;
         let answer_size = encoder.len();
         for set in additionals {

@@ -11,7 +11,7 @@ use hickory_server::zone_handler::{
     ZoneTransfer, ZoneType,
 };
 
-use super::zone::{wire_len, ResponseRoom, Zone};
+use super::zone::{ResponseRoom, Zone};
 
 /// Size of an OPT record without options (RFC 6891 §6.1.2): the Catalog adds one to
 /// every response to an EDNS query.
@@ -63,7 +63,7 @@ impl ZoneHandler for Zone {
                 None,
             );
         }
-        let room = response_room(request, query.original().name());
+        let room = response_room(request);
         (
             self.answer(
                 query.name(),
@@ -100,25 +100,18 @@ impl ZoneHandler for Zone {
 }
 
 /// How large the response to `request` may be, and what to keep free in it.
-fn response_room(request: &Request, question: &hickory_proto::rr::Name) -> ResponseRoom {
+fn response_room(request: &Request) -> ResponseRoom {
     let limit = match request.protocol() {
         Protocol::Udp => request.edns.as_ref().map_or(CLASSIC_UDP_LIMIT, |edns| {
             usize::from(edns.max_payload()).max(CLASSIC_UDP_LIMIT)
         }),
         _ => TCP_LIMIT,
     };
-    let mut slack = if request.edns.is_some() {
+    // The OPT record the Catalog adds to answers to EDNS queries.
+    let slack = if request.edns.is_some() {
         OPT_RECORD_LEN
     } else {
         0
     };
-    // Answer sizes were measured with a lowercase question. A question in other case
-    // does not compress against our lowercase owners, costing at most its own length.
-    if question
-        .iter()
-        .any(|label| label.iter().any(u8::is_ascii_uppercase))
-    {
-        slack += wire_len(question);
-    }
     ResponseRoom { limit, slack }
 }

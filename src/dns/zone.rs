@@ -447,6 +447,6 @@ fn chase_cname(
 }
 
 /// Length of `name` on the wire, uncompressed.
-pub fn wire_len(name: &Name) -> usize {
+fn wire_len(name: &Name) -> usize {
     name.iter().map(|label| label.len() + 1).sum::<usize>() + 1
 }

@@ -479,9 +479,10 @@ impl<'de> Deserialize<'de> for RecordFields {
 
 impl<'de> Deserialize<'de> for StaticService {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(CheckedMap::<serde_json::Map<String, serde_json::Value>, StaticService>::new(
-            "a map of registration fields",
-        ))
+        deserializer.deserialize_map(CheckedMap::<
+            serde_json::Map<String, serde_json::Value>,
+            StaticService,
+        >::new("a map of registration fields"))
     }
 }
 

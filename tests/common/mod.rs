@@ -1,0 +1,371 @@
+//! Test harness: runs the real `svcdns` binary on free loopback ports in a temporary
+//! directory, talks to its registration socket with plain JSON lines, and queries its
+//! DNS with hickory's client (or raw packets where a test needs to craft them).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hickory_net::client::Client;
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::tcp::TcpClientStream;
+use hickory_net::udp::UdpClientStream;
+use hickory_net::DnsHandle;
+use hickory_proto::op::{DnsRequestOptions, Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_svcdns");
+/// Bound on every wait in the tests, so a broken server fails a test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Svcdns {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub dns: SocketAddr,
+    pub registration_tcp: SocketAddr,
+    pub socket: PathBuf,
+    stderr: Option<mpsc::Receiver<String>>,
+}
+
+/// Which way a DNS query travels.
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    /// UDP with EDNS advertising this payload size, or without EDNS (`None`).
+    Udp(Option<u16>),
+    Tcp,
+}
+
+impl Svcdns {
+    pub fn start() -> Svcdns {
+        Svcdns::with(&[], "")
+    }
+
+    /// Starts svcdns with these zone files (name, content) and extra config lines.
+    pub fn with(zones: &[(&str, &str)], extra_config: &str) -> Svcdns {
+        match Svcdns::try_start(zones, extra_config) {
+            Ok(server) => server,
+            Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
+        }
+    }
+
+    /// Starts svcdns; on failure returns what it printed to stderr.
+    pub fn try_start(zones: &[(&str, &str)], extra_config: &str) -> Result<Svcdns, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("zones")).expect("zones dir");
+        for (name, content) in zones {
+            std::fs::write(dir.path().join("zones").join(name), content).expect("zone file");
+        }
+        let config = format!(
+            "dns:\n  listen: [\"127.0.0.1:0\"]\nregistration:\n  unix: svcdns.sock\n  tcp: 127.0.0.1:0\nzones_dir: zones\n{extra_config}"
+        );
+        std::fs::write(dir.path().join("svcdns.yaml"), config).expect("config");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", "svcdns.yaml"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn svcdns");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("svcdns ready") {
+                    let _ = ready_tx.send(line);
+                }
+            }
+        });
+        let ready = match ready_rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                let stderr: Vec<String> = err_rx.try_iter().collect();
+                return Err(stderr.join("\n"));
+            }
+        };
+        let field = |key: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key}= in {ready:?}"))
+                .to_string()
+        };
+        Ok(Svcdns {
+            dns: field("dns").split(',').next().unwrap().parse().unwrap(),
+            registration_tcp: field("tcp").parse().unwrap(),
+            socket: dir.path().join(field("unix")),
+            child: Some(child),
+            dir,
+            stderr: Some(err_rx),
+        })
+    }
+
+    pub fn connect(&self) -> Registration {
+        Registration::unix(&self.socket)
+    }
+
+    pub fn connect_tcp(&self) -> Registration {
+        Registration::tcp(self.registration_tcp)
+    }
+
+    /// Registers over a fresh connection and checks the acknowledgement.
+    pub fn register(&self, request: Value) {
+        let reply = self.connect().send(&request);
+        assert_eq!(reply["ok"], true, "register {request} -> {reply}");
+    }
+
+    pub fn query(&self, name: &str, rtype: RecordType) -> Message {
+        self.query_over(name, rtype, Transport::Udp(Some(1232)))
+    }
+
+    pub fn query_over(&self, name: &str, rtype: RecordType, transport: Transport) -> Message {
+        query(self.dns, name, rtype, transport)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("svcdns did not exit within {WAIT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the server has logged so far.
+    pub fn logs(&self) -> String {
+        self.stderr
+            .as_ref()
+            .map(|rx| rx.try_iter().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Svcdns {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A registration connection speaking newline-delimited JSON.
+pub struct Registration {
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
+}
+
+impl Registration {
+    pub fn unix(path: &std::path::Path) -> Registration {
+        let stream = UnixStream::connect(path).expect("connect to the registration socket");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let writer = stream.try_clone().unwrap();
+        Registration {
+            reader: BufReader::new(Box::new(stream)),
+            writer: Box::new(writer),
+        }
+    }
+
+    pub fn tcp(address: SocketAddr) -> Registration {
+        let stream = TcpStream::connect(address).expect("connect to the registration port");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let writer = stream.try_clone().unwrap();
+        Registration {
+            reader: BufReader::new(Box::new(stream)),
+            writer: Box::new(writer),
+        }
+    }
+
+    /// Sends one request and reads its reply.
+    pub fn send(&mut self, request: &Value) -> Value {
+        self.send_raw(format!("{request}\n").as_bytes());
+        self.read()
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write request");
+        self.writer.flush().unwrap();
+    }
+
+    /// Reads one reply line.
+    pub fn read(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read reply");
+        assert!(n > 0, "server closed the connection");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
+    }
+}
+
+/// One query with hickory's client over the given transport.
+pub fn query(server: SocketAddr, name: &str, rtype: RecordType, transport: Transport) -> Message {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let provider = TokioRuntimeProvider::default();
+        let client = match transport {
+            Transport::Udp(_) => {
+                let stream = UdpClientStream::builder(server, provider)
+                    .with_timeout(Some(WAIT))
+                    .build();
+                let (client, background) = Client::<TokioRuntimeProvider>::from_sender(stream);
+                tokio::spawn(background);
+                client
+            }
+            Transport::Tcp => {
+                let (stream, sender) = TcpClientStream::new(server, None, Some(WAIT), provider);
+                let stream = stream.await.expect("DNS over TCP connection");
+                let (client, background) = Client::<TokioRuntimeProvider>::new(stream, sender);
+                tokio::spawn(background);
+                client
+            }
+        };
+        let mut options = DnsRequestOptions::default();
+        options.recursion_desired = false;
+        match transport {
+            Transport::Udp(Some(size)) => options.edns_payload_len = size,
+            Transport::Udp(None) => options.use_edns = false,
+            Transport::Tcp => {}
+        }
+        let query = Query::query(Name::from_ascii(name).expect("query name"), rtype);
+        let response = client
+            .lookup(query, options)
+            .next()
+            .await
+            .expect("a response")
+            .unwrap_or_else(|e| panic!("query {name} {rtype}: {e}"));
+        response.into_message()
+    })
+}
+
+/// Sends raw bytes as one UDP datagram and returns the reply, if one comes within `wait`.
+pub fn udp_exchange(server: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(wait)).unwrap();
+    socket.send_to(packet, server).unwrap();
+    let mut buffer = vec![0; 65535];
+    match socket.recv_from(&mut buffer) {
+        Ok((n, _)) => Some(buffer[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// Records of one type in the answer section.
+pub fn answers_of(message: &Message, rtype: RecordType) -> Vec<&Record> {
+    message
+        .answers
+        .iter()
+        .filter(|r| r.record_type() == rtype)
+        .collect()
+}
+
+/// The answer section's data, as text, sorted (for order-independent comparison).
+pub fn answer_data(message: &Message) -> Vec<String> {
+    let mut data: Vec<String> = message
+        .answers
+        .iter()
+        .map(|r| rdata_text(&r.data))
+        .collect();
+    data.sort();
+    data
+}
+
+pub fn rdata_text(data: &RData) -> String {
+    data.to_string()
+}
+
+/// (owner, type) of the additional records, excluding the OPT pseudo-record.
+pub fn additional_names(message: &Message) -> Vec<(String, RecordType)> {
+    message
+        .additionals
+        .iter()
+        .filter(|r| r.record_type() != RecordType::OPT)
+        .map(|r| (r.name.to_string(), r.record_type()))
+        .collect()
+}
+
+pub fn rcode(message: &Message) -> ResponseCode {
+    message.metadata.response_code
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A dig command, if dig is installed (CI installs it; tests that need it say so).
+pub fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let output = Command::new("dig")
+        .args([
+            &format!("@{}", server.ip()),
+            "-p",
+            &server.port().to_string(),
+            "+time=2",
+            "+tries=1",
+        ])
+        .args(args)
+        .output()
+        .expect("dig must be installed (apt-get install bind9-dnsutils)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The strings of each TXT record in the answer section.
+pub fn txt_strings(message: &Message) -> Vec<Vec<String>> {
+    message
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
