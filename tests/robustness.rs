@@ -1,0 +1,133 @@
+//! Hostile and broken input never stops svcdns from serving (bounded loops, loopback only).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use serde_json::json;
+
+/// Deterministic pseudo-random bytes (xorshift64*), so a failure reproduces.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn valid_query(id: u16) -> Vec<u8> {
+    let mut message = Message::query();
+    message.metadata.id = id;
+    message.add_query(Query::query(
+        Name::from_ascii("web.svc.internal.").unwrap(),
+        RecordType::A,
+    ));
+    message.to_vec().unwrap()
+}
+
+fn still_answers(server: &Svcdns) {
+    let response = server.query("web.svc.internal.", RecordType::A);
+    assert_eq!(answer_data(&response), vec!["10.0.0.5"]);
+}
+
+#[test]
+fn random_and_truncated_udp_packets_never_crash_the_server() {
+    let mut server = Svcdns::start();
+    server.register(json!({"op": "register", "service": "web", "id": "web-1", "addresses": ["10.0.0.5"], "port": 80}));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rng = Rng(0x5eed_cafe);
+    for round in 0..4 {
+        for _ in 0..500 {
+            let len = (rng.next() % 600) as usize;
+            let mut packet = rng.bytes(len);
+            // Half of them look like queries (QR=0, opcode 0, one question) so they
+            // reach the parser's deeper paths instead of failing on the header.
+            if round % 2 == 0 && packet.len() >= 12 {
+                packet[2] &= 0x01;
+                packet[3] = 0;
+                packet[4] = 0;
+                packet[5] = 1;
+            }
+            socket.send_to(&packet, server.dns).unwrap();
+        }
+        still_answers(&server);
+    }
+    // Every prefix of a valid query.
+    let query = valid_query(7);
+    for cut in 0..query.len() {
+        socket.send_to(&query[..cut], server.dns).unwrap();
+    }
+    still_answers(&server);
+    assert!(server.is_running());
+
+    // A header claiming two questions gets FORMERR, not silence or a crash.
+    let mut two = Message::query();
+    two.add_query(Query::query(
+        Name::from_ascii("web.svc.internal.").unwrap(),
+        RecordType::A,
+    ));
+    two.add_query(Query::query(
+        Name::from_ascii("web.svc.internal.").unwrap(),
+        RecordType::AAAA,
+    ));
+    let reply = udp_exchange(server.dns, &two.to_vec().unwrap(), WAIT).expect("a reply");
+    assert_eq!(
+        Message::from_vec(&reply).unwrap().metadata.response_code,
+        ResponseCode::FormErr
+    );
+    still_answers(&server);
+}
+
+#[test]
+fn broken_dns_over_tcp_never_crashes_the_server() {
+    let mut server = Svcdns::start();
+    server.register(json!({"op": "register", "service": "web", "id": "web-1", "addresses": ["10.0.0.5"], "port": 80}));
+    let mut rng = Rng(42);
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(server.dns).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let len = (rng.next() % 300) as usize;
+        let mut frame = (len as u16).to_be_bytes().to_vec();
+        frame.extend(rng.bytes(len));
+        let _ = stream.write_all(&frame);
+        let mut sink = [0u8; 512];
+        let _ = stream.read(&mut sink);
+    }
+    // A frame that announces more than it sends, then hangs up.
+    let mut stream = TcpStream::connect(server.dns).unwrap();
+    stream.write_all(&[0x01, 0x00, 0xde, 0xad]).unwrap();
+    drop(stream);
+    still_answers(&server);
+    let tcp = server.query_over("web.svc.internal.", RecordType::A, Transport::Tcp);
+    assert_eq!(answer_data(&tcp), vec!["10.0.0.5"]);
+    assert!(server.is_running());
+}
+
+#[test]
+fn garbage_on_the_registration_socket_keeps_registrations() {
+    let mut server = Svcdns::start();
+    server.register(json!({"op": "register", "service": "web", "id": "web-1", "addresses": ["10.0.0.5"], "port": 80}));
+    let mut rng = Rng(7);
+    for _ in 0..20 {
+        let mut connection = server.connect_tcp();
+        let mut junk = rng.bytes(2000);
+        junk.push(b'\n');
+        connection.send_raw(&junk);
+        let reply = connection.read();
+        assert_eq!(reply["ok"], false);
+    }
+    still_answers(&server);
+    assert!(server.is_running());
+}
