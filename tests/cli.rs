@@ -1,0 +1,179 @@
+//! The `svcdns` client subcommands against a running server.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+fn svcdns(server: &Svcdns, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(server.dir.path())
+        .output()
+        .expect("run svcdns")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn register_list_deregister_over_the_default_socket_and_tcp() {
+    let server = Svcdns::start();
+    let out = svcdns(
+        &server,
+        &[
+            "register",
+            "web",
+            "web-1",
+            "-a",
+            "10.0.0.5",
+            "-a",
+            "fd00::5",
+            "-p",
+            "8080",
+            "-t",
+            "v2",
+            "-m",
+            "version=2.1",
+            "--ttl",
+            "30",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        answer_data(&server.query("web-1.web.svc.internal.", RecordType::A)),
+        vec!["10.0.0.5"]
+    );
+    assert_eq!(
+        txt_strings(&server.query("web-1.web.svc.internal.", RecordType::TXT)),
+        vec![vec!["version=2.1"]]
+    );
+
+    let tcp = server.registration_tcp.to_string();
+    let out = svcdns(
+        &server,
+        &[
+            "register", "web", "web-2", "-a", "10.0.0.6", "-p", "8081", "--tcp", &tcp,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = svcdns(&server, &["list", "web"]);
+    let table = text(&out.stdout);
+    assert!(
+        table.lines().next().unwrap().starts_with("SERVICE"),
+        "{table}"
+    );
+    assert!(
+        table.contains("web-1") && table.contains("10.0.0.5,fd00::5") && table.contains("8080/tcp"),
+        "{table}"
+    );
+    assert!(table.contains("permanent"), "{table}");
+
+    let out = svcdns(&server, &["list", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["instances"].as_array().unwrap().len(), 2);
+
+    let out = svcdns(&server, &["deregister", "web", "web-1"]);
+    assert!(out.status.success());
+    assert_eq!(
+        rcode(&server.query("web-1.web.svc.internal.", RecordType::A)),
+        ResponseCode::NXDomain
+    );
+}
+
+#[test]
+fn refusals_and_connection_failures_exit_non_zero_with_the_reason() {
+    let server = Svcdns::start();
+    let out = svcdns(
+        &server,
+        &["register", "web", "bad_id", "-a", "10.0.0.5", "-p", "80"],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("invalid_id") && stderr.contains("bad_id"),
+        "{stderr}"
+    );
+
+    let out = svcdns(&server, &["list", "--socket", "/nonexistent/svcdns.sock"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("/nonexistent/svcdns.sock"));
+}
+
+#[test]
+fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
+    let server = Svcdns::start();
+    let mut child = Command::new(BIN)
+        .args([
+            "register",
+            "kept",
+            "k-1",
+            "-a",
+            "10.0.0.7",
+            "-p",
+            "80",
+            "--ttl",
+            "1",
+            "--keepalive",
+        ])
+        .current_dir(server.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("registered"), "{line}");
+    // Three lease periods later it is still there: the CLI renewed it.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(
+        answer_data(&server.query("k-1.kept.svc.internal.", RecordType::A)),
+        vec!["10.0.0.7"]
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        rcode(&server.query("k-1.kept.svc.internal.", RecordType::A)),
+        ResponseCode::NXDomain
+    );
+}
+
+#[test]
+fn watch_prints_the_present_instances_then_changes() {
+    let server = Svcdns::start();
+    server.register(serde_json::json!({"op": "register", "service": "web", "id": "web-1", "addresses": ["10.0.0.5"], "port": 80}));
+    let mut child = Command::new(BIN)
+        .args(["watch", "web"])
+        .current_dir(server.dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("\"present\"") && line.contains("web-1"),
+        "{line}"
+    );
+    server.register(serde_json::json!({"op": "register", "service": "web", "id": "web-2", "addresses": ["10.0.0.6"], "port": 80}));
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("\"register\"") && line.contains("web-2"),
+        "{line}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
