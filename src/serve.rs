@@ -22,12 +22,10 @@ pub async fn run(config: Config) -> Result<()> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as u32)
         .unwrap_or(1);
-    let mut zones = Vec::with_capacity(specs.len());
-    for spec in &specs {
-        let zone =
-            Zone::new(spec, serial).with_context(|| format!("building zone {}", spec.origin))?;
-        zones.push(Arc::new(zone));
-    }
+    let zones = specs
+        .iter()
+        .map(|spec| Arc::new(Zone::new(spec, serial)))
+        .collect();
     let zones = Arc::new(Zones::new(zones));
     let registry = Registry::new(zones.clone(), &config.default_zone());
     for spec in &specs {

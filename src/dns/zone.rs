@@ -65,7 +65,7 @@ struct Writer {
 
 impl Zone {
     /// Builds a zone from its file (or the defaults), with its static records published.
-    pub fn new(spec: &ZoneSpec, serial: u32) -> Result<Zone, hickory_proto::ProtoError> {
+    pub fn new(spec: &ZoneSpec, serial: u32) -> Zone {
         let origin = spec.origin.clone();
         let lower_origin = LowerName::new(&origin);
         let mut writer = Writer {
@@ -153,7 +153,7 @@ impl Zone {
         let mut writer = zone.lock_writer();
         zone.publish_apex(&mut writer);
         drop(writer);
-        Ok(zone)
+        zone
     }
 
     pub fn origin(&self) -> &Name {
