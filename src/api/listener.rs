@@ -38,7 +38,8 @@ pub struct RegistrationServer {
 
 struct Context {
     registry: Registry,
-    limit: Semaphore,
+    /// Bounds concurrent connections; each connection task holds one permit.
+    limit: Arc<Semaphore>,
     next_connection: AtomicU64,
     shutdown: watch::Receiver<bool>,
 }
@@ -53,7 +54,7 @@ impl RegistrationServer {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let context = Arc::new(Context {
             registry,
-            limit: Semaphore::new(max_connections),
+            limit: Arc::new(Semaphore::new(max_connections)),
             next_connection: AtomicU64::new(1),
             shutdown: shutdown_rx,
         });
@@ -152,7 +153,7 @@ where
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
-            permit = context.limit.acquire() => match permit {
+            permit = context.limit.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
@@ -165,11 +166,10 @@ where
         match stream {
             Ok(stream) => {
                 backoff = Duration::from_millis(10);
-                permit.forget();
                 let context = context.clone();
                 connections.spawn(async move {
                     serve_connection(&context, stream).await;
-                    context.limit.add_permits(1);
+                    drop(permit);
                 });
             }
             Err(e) => {
