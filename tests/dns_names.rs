@@ -336,3 +336,24 @@ fn changes_are_visible_in_dns_when_acknowledged() {
         ResponseCode::NXDomain
     );
 }
+
+#[test]
+fn an_address_shared_by_two_instances_is_one_record() {
+    let server = Svcdns::start();
+    for id in ["a-1", "a-2"] {
+        server.register(json!({"op": "register", "service": "shared", "id": id,
+            "addresses": ["10.4.0.1"], "port": 80}));
+    }
+    // An RRset is a set (RFC 2181 §5): one A record, two SRV records.
+    assert_eq!(
+        answer_data(&server.query(&format!("shared.{Z}"), RecordType::A)),
+        vec!["10.4.0.1"]
+    );
+    assert_eq!(
+        server
+            .query(&format!("_shared._tcp.{Z}"), RecordType::SRV)
+            .answers
+            .len(),
+        2
+    );
+}

@@ -1,6 +1,7 @@
 //! Prepared answers: what a query for one (name, type) returns, built when the data
 //! changes so that answering is a hash probe plus reference-count bumps.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -140,19 +141,24 @@ impl Answer {
 }
 
 /// Builds one RRset; `None` when there is no data (an RRset is never empty).
+///
+/// Duplicate data is dropped (RFC 2181 §5: an RRset is a set), e.g. when two instances
+/// share an address. This is linear in the records; `RecordSet::insert` checks each new
+/// record against all previous ones, which made large sets quadratic to build.
 pub fn record_set(
     name: &Name,
     ttl: u32,
     rdata: impl IntoIterator<Item = RData>,
 ) -> Option<RecordSet> {
-    let mut rrset: Option<RecordSet> = None;
-    for data in rdata {
-        let record = Record::from_rdata(name.clone(), ttl, data);
-        rrset
-            .get_or_insert_with(|| RecordSet::new(name.clone(), record.record_type(), 0))
-            .insert(record, 0);
-    }
-    rrset
+    let mut seen = HashSet::new();
+    let records: Vec<Record> = rdata
+        .into_iter()
+        .filter(|data| seen.insert(data.clone()))
+        .map(|data| Record::from_rdata(name.clone(), ttl, data))
+        .collect();
+    let mut rrset = RecordSet::with_ttl(name.clone(), records.first()?.record_type(), ttl);
+    rrset.set_records(records);
+    Some(rrset)
 }
 
 /// Encodes header, question, the answer RRset and then each additional RRset into one
