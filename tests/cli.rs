@@ -4,6 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
@@ -16,6 +17,25 @@ fn svcdns(server: &Svcdns, args: &[&str]) -> Output {
         .current_dir(server.dir.path())
         .output()
         .expect("run svcdns")
+}
+
+/// The lines a child prints, as they come, so reads can time out instead of hanging.
+fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+fn next_line(lines: &mpsc::Receiver<String>) -> String {
+    lines
+        .recv_timeout(WAIT)
+        .expect("a line from the command within the time limit")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -128,9 +148,8 @@ fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let line = next_line(&lines);
     assert!(line.starts_with("registered"), "{line}");
     // Three lease periods later it is still there: the CLI renewed it.
     std::thread::sleep(Duration::from_millis(3000));
@@ -142,7 +161,15 @@ fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let mut status = None;
+    assert!(
+        eventually(WAIT, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "the CLI did not exit after SIGINT"
+    );
+    let status = status.unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(
         rcode(&server.query("k-1.kept.svc.internal.", RecordType::A)),
@@ -160,16 +187,14 @@ fn watch_prints_the_present_instances_then_changes() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let line = next_line(&lines);
     assert!(
         line.contains("\"present\"") && line.contains("web-1"),
         "{line}"
     );
     server.register(serde_json::json!({"op": "register", "service": "web", "id": "web-2", "addresses": ["10.0.0.6"], "port": 80}));
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
+    let line = next_line(&lines);
     assert!(
         line.contains("\"register\"") && line.contains("web-2"),
         "{line}"
