@@ -158,21 +158,14 @@ impl Registry {
             check_label_space(&instance, instances)?;
         }
 
-        let lease = instance.ttl.map(|ttl| {
-            let seq = state.next_lease_seq;
-            state.next_lease_seq += 1;
-            (Instant::now() + Duration::from_secs(ttl), seq)
-        });
         let key = InstanceKey {
             zone: instance.zone.clone(),
             service: instance.service.clone(),
             id: instance.id.clone(),
         };
-        if let Some(lease) = lease {
-            state.leases.insert(lease, key.clone());
-            if state.leases.keys().next() == Some(&lease) {
-                self.shared.expiry_wakeup.notify_one();
-            }
+        let lease = instance.ttl.map(|ttl| state.start_lease(ttl, &key));
+        if lease.is_some() && state.leases.keys().next() == lease.as_ref() {
+            self.shared.expiry_wakeup.notify_one();
         }
         let entry = Entry {
             instance: instance.clone(),
@@ -206,24 +199,27 @@ impl Registry {
     /// left as they are (renewing them is harmless, so it is not an error).
     pub fn renew(&self, key: &InstanceKey) -> Result<Arc<Instance>, RegistryError> {
         let mut state = self.shared.lock();
-        let State {
-            services,
-            leases,
-            next_lease_seq,
-            ..
-        } = &mut *state;
-        let entry = services
-            .get_mut(&(key.zone.clone(), key.service.clone()))
-            .and_then(|instances| instances.get_mut(&key.id))
+        let service_key = (key.zone.clone(), key.service.clone());
+        let entry = state
+            .services
+            .get(&service_key)
+            .and_then(|instances| instances.get(&key.id))
             .ok_or_else(|| not_found(key))?;
-        if let (Some(ttl), Some(old)) = (entry.instance.ttl, entry.lease) {
-            leases.remove(&old);
-            let new = (Instant::now() + Duration::from_secs(ttl), *next_lease_seq);
-            *next_lease_seq += 1;
-            leases.insert(new, key.clone());
-            entry.lease = Some(new);
+        let (instance, old) = (entry.instance.clone(), entry.lease);
+        if let (Some(ttl), Some(old)) = (instance.ttl, old) {
+            // The new deadline is later than the old one, so the expiry task, which
+            // sleeps until the earliest deadline, needs no wakeup.
+            state.leases.remove(&old);
+            let lease = state.start_lease(ttl, key);
+            if let Some(entry) = state
+                .services
+                .get_mut(&service_key)
+                .and_then(|instances| instances.get_mut(&key.id))
+            {
+                entry.lease = Some(lease);
+            }
         }
-        Ok(entry.instance.clone())
+        Ok(instance)
     }
 
     /// Removes an instance at a client's request.
@@ -267,6 +263,19 @@ impl Registry {
     pub fn shutdown(&self) {
         self.shared.lock().shutdown = true;
         self.shared.expiry_wakeup.notify_one();
+    }
+}
+
+impl State {
+    /// Starts a lease of `ttl` seconds for `key` and returns its deadline entry.
+    fn start_lease(&mut self, ttl: u64, key: &InstanceKey) -> (Instant, u64) {
+        let lease = (
+            Instant::now() + Duration::from_secs(ttl),
+            self.next_lease_seq,
+        );
+        self.next_lease_seq += 1;
+        self.leases.insert(lease, key.clone());
+        lease
     }
 }
 
