@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};
 use svcdns::client::{Connection, Endpoint, ServerError};
+use svcdns::stop::StopSignals;
 
 use crate::ConnectArgs;
 
@@ -117,6 +118,12 @@ impl RegisterArgs {
 pub async fn register(args: RegisterArgs) -> Result<()> {
     let endpoint = args.connect.endpoint();
     let request = args.request()?;
+    // Caught from before the registration, so an early Ctrl-C still deregisters.
+    let stop = if args.keepalive {
+        Some(StopSignals::install()?)
+    } else {
+        None
+    };
     let mut connection = Connection::open(&endpoint).await?;
     let reply = connection.request(&request).await?;
     println!(
@@ -125,11 +132,11 @@ pub async fn register(args: RegisterArgs) -> Result<()> {
         args.service,
         reply["zone"].as_str().unwrap_or("?")
     );
-    if !args.keepalive {
+    let Some(stop) = stop else {
         return Ok(());
-    }
+    };
     let ttl = reply["ttl"].as_u64().unwrap_or(KEEPALIVE_DEFAULT_TTL);
-    keepalive(&endpoint, connection, &request, ttl).await
+    keepalive(&endpoint, connection, &request, ttl, stop).await
 }
 
 /// Renews at a third of the lease, so two renewals can be lost before it lapses. If
@@ -140,10 +147,9 @@ async fn keepalive(
     mut connection: Connection,
     request: &Value,
     ttl: u64,
+    mut stop: StopSignals,
 ) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
     let period = Duration::from_millis((ttl * 1000 / 3).max(200));
-    let mut terminate = signal(SignalKind::terminate())?;
     let renew = json!({"op": "renew", "service": request["service"], "id": request["id"], "zone": request.get("zone")});
     eprintln!(
         "keeping the lease alive every {:.1}s; Ctrl-C to deregister and exit",
@@ -152,8 +158,7 @@ async fn keepalive(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            _ = stop.wait() => break,
         }
         let renewed = connection.request(&renew).await;
         if let Err(e) = renewed {

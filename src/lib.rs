@@ -8,3 +8,4 @@ pub mod config;
 pub mod dns;
 pub mod registry;
 pub mod serve;
+pub mod stop;

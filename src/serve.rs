@@ -14,8 +14,12 @@ use crate::config::Config;
 use crate::dns::server::DnsServer;
 use crate::dns::{zone_file, Zone, ZoneSpec, Zones};
 use crate::registry::Registry;
+use crate::stop::StopSignals;
 
 pub async fn run(config: Config) -> Result<()> {
+    // Installed first: a SIGTERM that arrives once we have said we are ready must take
+    // the graceful path, not the default action that kills the process outright.
+    let mut stop = StopSignals::install()?;
     let specs = zone_specs(&config)?;
     // SOA serials start at the current time so that they only grow across restarts.
     let serial = SystemTime::now()
@@ -72,7 +76,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     println!("{ready}");
 
-    wait_for_signal().await?;
+    stop.wait().await;
     info!("shutting down");
     registration.shutdown().await;
     registry.shutdown();
@@ -96,16 +100,4 @@ fn zone_specs(config: &Config) -> Result<Vec<ZoneSpec>> {
         specs.push(ZoneSpec::empty(origin, config.dns.ttl, ns_address));
     }
     Ok(specs)
-}
-
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
 }

@@ -31,7 +31,7 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub struct RegistrationServer {
     tasks: JoinSet<()>,
     shutdown: watch::Sender<bool>,
-    unix_path: Option<PathBuf>,
+    /// The Unix socket path (removed again at shutdown).
     pub unix_addr: Option<PathBuf>,
     pub tcp_addr: Option<SocketAddr>,
 }
@@ -62,13 +62,11 @@ impl RegistrationServer {
         let mut server = RegistrationServer {
             tasks: JoinSet::new(),
             shutdown,
-            unix_path: None,
             unix_addr: None,
             tcp_addr: None,
         };
         if let Some(path) = unix {
             let listener = bind_unix(path)?;
-            server.unix_path = Some(path.to_path_buf());
             server.unix_addr = Some(path.to_path_buf());
             let context = context.clone();
             tasks.spawn(async move {
@@ -108,7 +106,7 @@ impl RegistrationServer {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
-        if let Some(path) = &self.unix_path {
+        if let Some(path) = &self.unix_addr {
             let _ = std::fs::remove_file(path);
         }
     }

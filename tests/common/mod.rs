@@ -193,19 +193,21 @@ impl Registration {
     pub fn unix(path: &std::path::Path) -> Registration {
         let stream = UnixStream::connect(path).expect("connect to the registration socket");
         stream.set_read_timeout(Some(WAIT)).unwrap();
-        let writer = stream.try_clone().unwrap();
-        Registration {
-            reader: BufReader::new(Box::new(stream)),
-            writer: Box::new(writer),
-        }
+        Registration::over(stream.try_clone().unwrap(), stream)
     }
 
     pub fn tcp(address: SocketAddr) -> Registration {
         let stream = TcpStream::connect(address).expect("connect to the registration port");
         stream.set_read_timeout(Some(WAIT)).unwrap();
-        let writer = stream.try_clone().unwrap();
+        Registration::over(stream.try_clone().unwrap(), stream)
+    }
+
+    fn over(
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+    ) -> Registration {
         Registration {
-            reader: BufReader::new(Box::new(stream)),
+            reader: BufReader::new(Box::new(reader)),
             writer: Box::new(writer),
         }
     }
