@@ -108,16 +108,41 @@ struct Shared {
 struct State {
     /// (zone, service) → instances by id. BTreeMaps keep answers in a stable order.
     services: HashMap<(String, Label), BTreeMap<Label, Entry>>,
-    /// Lease deadlines. The `u64` breaks ties between equal instants, so two leases
-    /// ending together are both kept.
-    leases: BTreeMap<(Instant, u64), InstanceKey>,
-    next_lease_seq: u64,
+    leases: Leases,
     shutdown: bool,
+}
+
+/// Lease deadlines, earliest first.
+#[derive(Default)]
+struct Leases {
+    /// The `u64` breaks ties between equal instants, so two leases ending together
+    /// are both kept.
+    deadlines: BTreeMap<(Instant, u64), InstanceKey>,
+    next_seq: u64,
+}
+
+/// One lease's place in [`Leases`].
+type LeaseKey = (Instant, u64);
+
+impl Leases {
+    /// Starts a lease of `ttl` seconds for `key`; returns its place and whether it is
+    /// now the earliest deadline (the expiry task must then be woken).
+    fn start(&mut self, ttl: u64, key: &InstanceKey) -> (LeaseKey, bool) {
+        let lease = (Instant::now() + Duration::from_secs(ttl), self.next_seq);
+        self.next_seq += 1;
+        self.deadlines.insert(lease, key.clone());
+        let earliest = self.deadlines.keys().next() == Some(&lease);
+        (lease, earliest)
+    }
+
+    fn end(&mut self, lease: &LeaseKey) {
+        self.deadlines.remove(lease);
+    }
 }
 
 struct Entry {
     instance: Arc<Instance>,
-    lease: Option<(Instant, u64)>,
+    lease: Option<LeaseKey>,
     /// The connection an ephemeral instance lives with.
     owner: Option<ConnectionId>,
 }
@@ -163,10 +188,13 @@ impl Registry {
             service: instance.service.clone(),
             id: instance.id.clone(),
         };
-        let lease = instance.ttl.map(|ttl| state.start_lease(ttl, &key));
-        if lease.is_some() && state.leases.keys().next() == lease.as_ref() {
-            self.shared.expiry_wakeup.notify_one();
-        }
+        let lease = instance.ttl.map(|ttl| {
+            let (lease, earliest) = state.leases.start(ttl, &key);
+            if earliest {
+                self.shared.expiry_wakeup.notify_one();
+            }
+            lease
+        });
         let entry = Entry {
             instance: instance.clone(),
             lease,
@@ -181,7 +209,7 @@ impl Registry {
             lease: Some(old), ..
         }) = previous
         {
-            state.leases.remove(&old);
+            state.leases.end(&old);
         }
         self.shared.publish(&state, &service_key);
         self.shared.notify(Event {
@@ -199,27 +227,20 @@ impl Registry {
     /// left as they are (renewing them is harmless, so it is not an error).
     pub fn renew(&self, key: &InstanceKey) -> Result<Arc<Instance>, RegistryError> {
         let mut state = self.shared.lock();
-        let service_key = (key.zone.clone(), key.service.clone());
-        let entry = state
-            .services
-            .get(&service_key)
-            .and_then(|instances| instances.get(&key.id))
+        let State {
+            services, leases, ..
+        } = &mut *state;
+        let entry = services
+            .get_mut(&(key.zone.clone(), key.service.clone()))
+            .and_then(|instances| instances.get_mut(&key.id))
             .ok_or_else(|| not_found(key))?;
-        let (instance, old) = (entry.instance.clone(), entry.lease);
-        if let (Some(ttl), Some(old)) = (instance.ttl, old) {
+        if let (Some(ttl), Some(old)) = (entry.instance.ttl, entry.lease) {
             // The new deadline is later than the old one, so the expiry task, which
             // sleeps until the earliest deadline, needs no wakeup.
-            state.leases.remove(&old);
-            let lease = state.start_lease(ttl, key);
-            if let Some(entry) = state
-                .services
-                .get_mut(&service_key)
-                .and_then(|instances| instances.get_mut(&key.id))
-            {
-                entry.lease = Some(lease);
-            }
+            leases.end(&old);
+            entry.lease = Some(leases.start(ttl, key).0);
         }
-        Ok(instance)
+        Ok(entry.instance.clone())
     }
 
     /// Removes an instance at a client's request.
@@ -266,19 +287,6 @@ impl Registry {
     }
 }
 
-impl State {
-    /// Starts a lease of `ttl` seconds for `key` and returns its deadline entry.
-    fn start_lease(&mut self, ttl: u64, key: &InstanceKey) -> (Instant, u64) {
-        let lease = (
-            Instant::now() + Duration::from_secs(ttl),
-            self.next_lease_seq,
-        );
-        self.next_lease_seq += 1;
-        self.leases.insert(lease, key.clone());
-        lease
-    }
-}
-
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the maps themselves intact (every
@@ -317,7 +325,7 @@ impl Shared {
             state.services.remove(&service_key);
         }
         if let Some(lease) = entry.lease {
-            state.leases.remove(&lease);
+            state.leases.end(&lease);
         }
         self.publish(state, &service_key);
         self.notify(Event {
@@ -338,12 +346,14 @@ impl Shared {
             return None;
         }
         let now = Instant::now();
-        while let Some((&(deadline, seq), key)) = state.leases.iter().next() {
-            if deadline > now {
-                return Some(deadline);
+        while let Some((&lease, key)) = state.leases.deadlines.first_key_value() {
+            if lease.0 > now {
+                return Some(lease.0);
             }
             let key = key.clone();
-            state.leases.remove(&(deadline, seq));
+            // Ended here as well as in `remove`, so the loop moves on even if the
+            // instance were somehow gone already.
+            state.leases.end(&lease);
             self.remove(&mut state, &key, Reason::Expired);
         }
         None
