@@ -60,11 +60,7 @@ impl Answer {
         let rotation = if rotate {
             rrset
                 .records_without_rrsigs()
-                .map(|record| {
-                    let mut single = RecordSet::new(record.name.clone(), record.record_type(), 0);
-                    single.insert(record.clone(), 0);
-                    Arc::new(single)
-                })
+                .map(|record| Arc::new(single_record_set(record.clone())))
                 .collect()
         } else {
             Vec::new()
@@ -150,13 +146,28 @@ pub fn record_set(
     ttl: u32,
     rdata: impl IntoIterator<Item = RData>,
 ) -> Option<RecordSet> {
+    rrset_of(
+        rdata
+            .into_iter()
+            .map(|data| Record::from_rdata(name.clone(), ttl, data))
+            .collect(),
+    )
+}
+
+/// An RRset of exactly one record.
+pub fn single_record_set(record: Record) -> RecordSet {
+    let mut rrset = RecordSet::with_ttl(record.name.clone(), record.record_type(), record.ttl);
+    rrset.set_records(vec![record]);
+    rrset
+}
+
+/// Builds one RRset from records that share owner and type (the first one's name and
+/// TTL stand for the set), dropping records whose data repeats an earlier one.
+pub fn rrset_of(mut records: Vec<Record>) -> Option<RecordSet> {
     let mut seen = HashSet::new();
-    let records: Vec<Record> = rdata
-        .into_iter()
-        .filter(|data| seen.insert(data.clone()))
-        .map(|data| Record::from_rdata(name.clone(), ttl, data))
-        .collect();
-    let mut rrset = RecordSet::with_ttl(name.clone(), records.first()?.record_type(), ttl);
+    records.retain(|record| seen.insert(record.data.clone()));
+    let first = records.first()?;
+    let mut rrset = RecordSet::with_ttl(first.name.clone(), first.record_type(), first.ttl);
     rrset.set_records(records);
     Some(rrset)
 }

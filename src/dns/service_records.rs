@@ -12,7 +12,7 @@ use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordSet};
 use hickory_proto::ProtoError;
 
-use super::answer::{record_set, Answer, NameEntry};
+use super::answer::{record_set, single_record_set, Answer, NameEntry};
 use crate::registry::{Instance, Label, Proto};
 
 /// The DNS names of one service: name → entry, ready to publish.
@@ -168,9 +168,11 @@ struct DnsSdInstance<'h, 'a> {
 impl<'h, 'a> DnsSdInstance<'h, 'a> {
     fn new(name: &Name, host: &'h Host<'a>) -> Self {
         let single = |rdata: RData| {
-            let mut set = RecordSet::new(name.clone(), rdata.record_type(), 0);
-            set.insert(Record::from_rdata(name.clone(), host.ttl, rdata), 0);
-            Arc::new(set)
+            Arc::new(single_record_set(Record::from_rdata(
+                name.clone(),
+                host.ttl,
+                rdata,
+            )))
         };
         DnsSdInstance {
             name: name.clone(),

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use hickory_proto::rr::rdata::{NS, SOA};
-use hickory_proto::rr::{LowerName, Name, RData, RecordSet, RecordType};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType};
 use hickory_server::zone_handler::{
     AuthLookup, LookupControlFlow, LookupError, LookupOptions, LookupRecords,
 };
 use tracing::error;
 
-use super::answer::{record_set, Answer, NameEntry};
+use super::answer::{record_set, rrset_of, Answer, NameEntry};
 use super::service_records::{self, child, service_type_name};
 use super::zone_file::{SoaSpec, ZoneSpec};
 use crate::registry::{Instance, Label, RegistryError};
@@ -78,24 +78,24 @@ impl Zone {
         };
 
         // Static RRsets, grouped by owner and type.
-        let mut sets: BTreeMap<(LowerName, RecordType), RecordSet> = BTreeMap::new();
-        let ns_rdata = spec.ns.iter().map(|ns| RData::NS(NS(ns.clone())));
-        let ns_set = record_set(&origin, spec.ttl, ns_rdata);
+        let mut grouped: BTreeMap<(LowerName, RecordType), Vec<Record>> = BTreeMap::new();
         for record in &spec.records {
             let ttl = record.ttl.unwrap_or(spec.ttl);
-            let key = (LowerName::new(&record.name), record.rdata.record_type());
-            let set = sets.entry(key).or_insert_with(|| {
-                RecordSet::new(record.name.clone(), record.rdata.record_type(), 0)
-            });
-            set.insert(
-                hickory_proto::rr::Record::from_rdata(
+            grouped
+                .entry((LowerName::new(&record.name), record.rdata.record_type()))
+                .or_default()
+                .push(Record::from_rdata(
                     record.name.clone(),
                     ttl,
                     record.rdata.clone(),
-                ),
-                0,
-            );
+                ));
         }
+        let mut sets: BTreeMap<(LowerName, RecordType), RecordSet> = grouped
+            .into_iter()
+            .filter_map(|(key, records)| Some((key, rrset_of(records)?)))
+            .collect();
+        let ns_rdata = spec.ns.iter().map(|ns| RData::NS(NS(ns.clone())));
+        let ns_set = record_set(&origin, spec.ttl, ns_rdata);
         if let Some(ns_set) = ns_set {
             sets.insert((lower_origin.clone(), RecordType::NS), ns_set);
         }

@@ -4,14 +4,14 @@
 //! report the line of the offending value; a bad file stops start-up with
 //! `zones/x.yaml:12: …`, never a half-loaded zone.
 
+use std::fmt;
 use std::fs;
+use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, PTR, SRV, TXT};
 use hickory_proto::rr::{Name, RData};
-use std::fmt;
-use std::marker::PhantomData;
 
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, MapAccess, Visitor};
