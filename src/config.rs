@@ -80,6 +80,9 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Idle time after which a DNS-over-TCP connection is closed, in seconds.
     pub tcp_idle_timeout: u64,
+    /// A, AAAA and SRV answers drawn from more instances than this carry a random
+    /// sample of this many; unset: every instance, with TC when they do not fit.
+    pub max_answer_records: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +129,7 @@ impl Default for DnsConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8053))],
             ttl: 5,
             tcp_idle_timeout: 5,
+            max_answer_records: None,
         }
     }
 }
@@ -165,6 +169,9 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         if self.dns.listen.is_empty() {
             return Err("dns.listen must name at least one address".into());
+        }
+        if self.dns.max_answer_records == Some(0) {
+            return Err("dns.max_answer_records must be at least 1 (or left out)".into());
         }
         if self.dns.ttl > 86_400 {
             return Err(format!("dns.ttl {} is over a day (86400)", self.dns.ttl));

@@ -12,7 +12,7 @@ use tracing::info;
 use crate::api::RegistrationServer;
 use crate::config::Config;
 use crate::dns::server::DnsServer;
-use crate::dns::{zone_file, Zone, ZoneSpec, Zones};
+use crate::dns::{zone_file, Sampling, ZoneSpec, Zones};
 use crate::registry::Registry;
 use crate::stop::StopSignals;
 
@@ -26,31 +26,35 @@ pub async fn run(config: Config) -> Result<()> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as u32)
         .unwrap_or(1);
-    let zones = specs
-        .iter()
-        .map(|spec| Arc::new(Zone::new(spec, serial)))
-        .collect();
-    let zones = Arc::new(Zones::new(zones));
-    let registry = Registry::new(zones.clone(), &config.default_zone());
+    let zones = Arc::new(Zones::new(&specs));
+    let registry = Registry::start(zones.settings(), &config.default_zone(), zones.clone())
+        .context("starting the registry's writer thread")?;
     for spec in &specs {
-        for instance in &spec.services {
+        for registration in &spec.services {
             let source = spec
                 .source
                 .as_deref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            registry.register(instance.clone(), None).with_context(|| {
-                format!(
-                    "{source}: static service {} instance {}",
-                    instance.service, instance.id
-                )
-            })?;
+            registry
+                .register(registration.clone(), None)
+                .await
+                .with_context(|| {
+                    format!(
+                        "{source}: static service {} instance {}",
+                        registration.service, registration.instance.id
+                    )
+                })?;
         }
     }
+    let sampling = Sampling {
+        max_answer_records: config.dns.max_answer_records,
+    };
+    let catalog = zones.catalog(&registry.published(), serial, sampling);
 
     let dns = DnsServer::start(
         &config.dns.listen,
-        zones.catalog(),
+        catalog,
         Duration::from_secs(config.dns.tcp_idle_timeout),
     )
     .await?;
@@ -79,7 +83,10 @@ pub async fn run(config: Config) -> Result<()> {
     stop.wait().await;
     info!("shutting down");
     registration.shutdown().await;
-    registry.shutdown();
+    let writer = registry.clone();
+    tokio::task::spawn_blocking(move || writer.shutdown())
+        .await
+        .context("stopping the registry's writer")?;
     dns.shutdown().await?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Registration listeners (Unix socket and TCP) and the per-connection loop.
+//! Registration listeners (Unix socket and TCP).
 //!
 //! Modelled on mini-redis `server.rs`: a semaphore bounds concurrent connections,
 //! accept errors back off instead of killing the server, and every connection watches
@@ -7,25 +7,18 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
-use super::protocol::{handle_line, too_large, wanted, Outcome, Session};
-use crate::registry::{Event, Label, Registry};
-
-/// Longest request line accepted. A registration is a few hundred bytes; 64 KiB leaves
-/// room for large metadata while bounding what one client can make us buffer.
-pub const MAX_LINE: usize = 64 * 1024;
+use super::connection::{self, Shared};
+use crate::registry::Registry;
 
 /// The running registration listeners.
 pub struct RegistrationServer {
@@ -37,11 +30,9 @@ pub struct RegistrationServer {
 }
 
 struct Context {
-    registry: Registry,
+    shared: Arc<Shared>,
     /// Bounds concurrent connections; each connection task holds one permit.
     limit: Arc<Semaphore>,
-    next_connection: AtomicU64,
-    shutdown: watch::Receiver<bool>,
 }
 
 impl RegistrationServer {
@@ -53,10 +44,12 @@ impl RegistrationServer {
     ) -> io::Result<RegistrationServer> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let context = Arc::new(Context {
-            registry,
+            shared: Arc::new(Shared {
+                registry,
+                next_connection: AtomicU64::new(1),
+                shutdown: shutdown_rx,
+            }),
             limit: Arc::new(Semaphore::new(max_connections)),
-            next_connection: AtomicU64::new(1),
-            shutdown: shutdown_rx,
         });
         let mut tasks = JoinSet::new();
         let mut server = RegistrationServer {
@@ -147,7 +140,7 @@ where
     Fut: std::future::Future<Output = io::Result<S>>,
 {
     let mut connections = JoinSet::new();
-    let mut shutdown = context.shutdown.clone();
+    let mut shutdown = context.shared.shutdown.clone();
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
@@ -164,9 +157,9 @@ where
         match stream {
             Ok(stream) => {
                 backoff = Duration::from_millis(10);
-                let context = context.clone();
+                let shared = context.shared.clone();
                 connections.spawn(async move {
-                    serve_connection(&context, stream).await;
+                    connection::serve(shared, stream).await;
                     drop(permit);
                 });
             }
@@ -181,165 +174,4 @@ where
         while connections.try_join_next().is_some() {}
     }
     while connections.join_next().await.is_some() {}
-}
-
-/// Serves one connection: requests in order, replies in order, replies to pipelined
-/// requests written together; then releases the connection's ephemeral instances.
-async fn serve_connection<S: AsyncRead + AsyncWrite>(context: &Context, stream: S) {
-    let (read, write) = tokio::io::split(stream);
-    let mut reader = BufReader::new(read);
-    let mut writer = BufWriter::new(write);
-    let mut session = Session {
-        id: context.next_connection.fetch_add(1, Ordering::Relaxed),
-        ephemeral: Vec::new(),
-    };
-    let mut shutdown = context.shutdown.clone();
-    let mut line = Vec::new();
-    debug!(connection = session.id, "registration connection opened");
-    let result: io::Result<()> = async {
-        loop {
-            let read = tokio::select! {
-                read = read_line(&mut reader, &mut line, MAX_LINE) => read?,
-                _ = shutdown.changed() => return Ok(()),
-            };
-            let outcome = match read {
-                Line::End => return Ok(()),
-                Line::TooLong => Outcome::Reply(too_large(MAX_LINE)),
-                Line::Complete if line.trim_ascii().is_empty() => continue,
-                Line::Complete => handle_line(&context.registry, &mut session, line.trim_ascii()),
-            };
-            match outcome {
-                Outcome::Reply(reply) => {
-                    write_json(&mut writer, &reply).await?;
-                    if reader.buffer().is_empty() {
-                        writer.flush().await?;
-                    }
-                }
-                Outcome::Watch {
-                    reply,
-                    filter,
-                    events,
-                } => {
-                    write_json(&mut writer, &reply).await?;
-                    writer.flush().await?;
-                    return stream_events(&mut reader, &mut writer, filter, events, &mut shutdown)
-                        .await;
-                }
-            }
-        }
-    }
-    .await;
-    if let Err(e) = result {
-        debug!(connection = session.id, error = %e, "registration connection ended with an error");
-    }
-    if !session.ephemeral.is_empty() {
-        info!(
-            connection = session.id,
-            count = session.ephemeral.len(),
-            "connection closed: removing its ephemeral instances"
-        );
-        context
-            .registry
-            .release_connection(session.id, &session.ephemeral);
-    }
-}
-
-/// Sends change events to a watcher until it disconnects. Lines it sends meanwhile are
-/// read and ignored, which is how its disconnect is noticed.
-async fn stream_events<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    filter: Option<Label>,
-    mut events: broadcast::Receiver<Event>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> io::Result<()>
-where
-    R: AsyncBufRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut ignored = Vec::new();
-    loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Ok(event) if wanted(&filter, &event) => {
-                    write_json(writer, &serde_json::to_value(&event).unwrap_or(Value::Null)).await?;
-                    writer.flush().await?;
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let reply = serde_json::json!({"ok": false, "op": "watch", "error": {
-                        "code": "watch_lagged",
-                        "message": format!("the watcher fell {missed} events behind; watch again to resynchronise"),
-                    }});
-                    write_json(writer, &reply).await?;
-                    writer.flush().await?;
-                    return Ok(());
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-            },
-            read = read_line(reader, &mut ignored, MAX_LINE) => {
-                if matches!(read?, Line::End) {
-                    return Ok(());
-                }
-            }
-            _ = shutdown.changed() => return Ok(()),
-        }
-    }
-}
-
-async fn write_json<W: AsyncWrite + Unpin>(writer: &mut W, value: &Value) -> io::Result<()> {
-    let mut bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    writer.write_all(&bytes).await
-}
-
-enum Line {
-    Complete,
-    /// The line exceeded the limit; it was read to its end and dropped.
-    TooLong,
-    End,
-}
-
-/// Reads one line into `out` (without the newline), never buffering more than `max`
-/// bytes of it. A last line without a newline still counts.
-async fn read_line<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    out: &mut Vec<u8>,
-    max: usize,
-) -> io::Result<Line> {
-    out.clear();
-    let mut too_long = false;
-    let mut seen_any = false;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(match (too_long, seen_any) {
-                (true, _) => Line::TooLong,
-                (false, true) => Line::Complete,
-                (false, false) => Line::End,
-            });
-        }
-        seen_any = true;
-        let (chunk, complete) = match available.iter().position(|&b| b == b'\n') {
-            Some(end) => (&available[..end], true),
-            None => (available, false),
-        };
-        if !too_long {
-            if out.len() + chunk.len() > max {
-                too_long = true;
-                out.clear();
-            } else {
-                out.extend_from_slice(chunk);
-            }
-        }
-        let consumed = chunk.len() + usize::from(complete);
-        reader.consume(consumed);
-        if complete {
-            return Ok(if too_long {
-                Line::TooLong
-            } else {
-                Line::Complete
-            });
-        }
-    }
 }

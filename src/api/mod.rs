@@ -1,5 +1,6 @@
-//! The registration API: the line protocol and the sockets it is served on.
+//! The registration API: the line protocol, connections, and the sockets they arrive on.
 
+pub mod connection;
 pub mod listener;
 pub mod protocol;
 

@@ -1,31 +1,35 @@
 //! The registration protocol (DESIGN §2): one JSON request per line in, one JSON
-//! response per line out. This module turns a line into a registry call and a reply;
-//! it knows nothing about sockets.
+//! response per line out. This module turns a line into a registry request and an
+//! acknowledgement into a reply; it knows nothing about sockets.
 
 use serde_json::{json, Map, Value};
-use tokio::sync::broadcast;
 
-use crate::registry::spec::{instance_from_json, key_from_json};
+use crate::registry::spec::{key_from_json, registration_from_json};
 use crate::registry::{
-    ConnectionId, Event, InstanceKey, Label, LabelKind, Registry, RegistryError,
+    listing, ConnectionId, InstanceKey, Label, LabelKind, Pending, Registry, RegistryError, View,
 };
 
-/// What one connection remembers between requests.
-pub struct Session {
-    pub id: ConnectionId,
-    /// Ephemeral instances this connection registered, removed when it closes.
-    pub ephemeral: Vec<InstanceKey>,
+/// The reply to one request line, or what it waits for. Replies go out in the order of
+/// their requests, so a connection may pipeline many requests and read the replies later.
+pub enum PendingReply {
+    Ready(Value),
+    /// A change queued at the registry's writer, acknowledged once published.
+    Change {
+        op: &'static str,
+        key: InstanceKey,
+        /// The lease length the reply reports, when the acknowledgement does not.
+        ack: Ack,
+    },
+    /// `list`: read from the snapshot current when its turn comes, so it sees every
+    /// change the connection made before it.
+    List(Option<Label>),
+    /// `watch`: the connection turns into a stream of change events.
+    Watch(Option<Label>),
 }
 
-/// The result of one request line.
-pub enum Outcome {
-    Reply(Value),
-    /// Reply, then stream the events that pass `filter` until the connection closes.
-    Watch {
-        reply: Value,
-        filter: Option<Label>,
-        events: broadcast::Receiver<Event>,
-    },
+pub enum Ack {
+    Lease(Pending<Option<u32>>),
+    Done(Pending<()>),
 }
 
 /// A protocol-level refusal (the request never reached the registry).
@@ -54,12 +58,13 @@ pub fn too_large(limit: usize) -> Value {
     )
 }
 
-/// Handles one request line (without its newline).
-pub fn handle_line(registry: &Registry, session: &mut Session, line: &[u8]) -> Outcome {
+/// Handles one request line (without its newline) from connection `connection`:
+/// queues what it asks of the registry and says what its reply waits for.
+pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -> PendingReply {
     let object = match serde_json::from_slice::<Value>(line) {
         Ok(Value::Object(object)) => object,
         Ok(other) => {
-            return Outcome::Reply(error_reply(
+            return PendingReply::Ready(error_reply(
                 None,
                 ProtocolError {
                     code: "invalid_request",
@@ -68,7 +73,7 @@ pub fn handle_line(registry: &Registry, session: &mut Session, line: &[u8]) -> O
             ))
         }
         Err(e) => {
-            return Outcome::Reply(error_reply(
+            return PendingReply::Ready(error_reply(
                 None,
                 ProtocolError {
                     code: "invalid_json",
@@ -78,9 +83,9 @@ pub fn handle_line(registry: &Registry, session: &mut Session, line: &[u8]) -> O
         }
     };
     let op = match object.get("op") {
-        Some(Value::String(op)) => op.clone(),
+        Some(Value::String(op)) => op.as_str(),
         Some(other) => {
-            return Outcome::Reply(error_reply(
+            return PendingReply::Ready(error_reply(
                 None,
                 ProtocolError {
                     code: "unknown_op",
@@ -88,97 +93,117 @@ pub fn handle_line(registry: &Registry, session: &mut Session, line: &[u8]) -> O
                 },
             ))
         }
-        None => return Outcome::Reply(error_reply(None, RegistryError::MissingField("op").into())),
+        None => {
+            return PendingReply::Ready(error_reply(None, RegistryError::MissingField("op").into()))
+        }
     };
-    let result = match op.as_str() {
-        "register" => register(registry, session, &object),
-        "renew" => renew(registry, &object),
-        "deregister" => deregister(registry, &object),
-        "list" => list(registry, &object),
-        "watch" => return watch(registry, &object),
-        _ => Err(ProtocolError {
-            code: "unknown_op",
-            message: format!("op {op:?} is not one of register, renew, deregister, list, watch"),
+    let default_zone = registry.default_zone();
+    let request = match op {
+        "register" => registration_from_json(&object, default_zone, &["op"]).map(|registration| {
+            let key = InstanceKey {
+                zone: registration.zone.clone(),
+                service: registration.service.clone(),
+                id: registration.instance.id.clone(),
+            };
+            PendingReply::Change {
+                op: "register",
+                key,
+                ack: Ack::Lease(registry.register(registration, Some(connection))),
+            }
         }),
+        "renew" => key_from_json(&object, default_zone, &["op"]).map(|key| {
+            let ack = Ack::Lease(registry.renew(&key));
+            PendingReply::Change {
+                op: "renew",
+                key,
+                ack,
+            }
+        }),
+        "deregister" => key_from_json(&object, default_zone, &["op"]).map(|key| {
+            let ack = Ack::Done(registry.deregister(&key));
+            PendingReply::Change {
+                op: "deregister",
+                key,
+                ack,
+            }
+        }),
+        "list" => {
+            return match service_filter(&object) {
+                Ok(filter) => PendingReply::List(filter),
+                Err(e) => PendingReply::Ready(error_reply(Some("list"), e)),
+            }
+        }
+        "watch" => {
+            return match service_filter(&object) {
+                Ok(filter) => PendingReply::Watch(filter),
+                Err(e) => PendingReply::Ready(error_reply(Some("watch"), e)),
+            }
+        }
+        _ => {
+            return PendingReply::Ready(error_reply(
+                None,
+                ProtocolError {
+                    code: "unknown_op",
+                    message: format!(
+                        "op {op:?} is not one of register, renew, deregister, list, watch"
+                    ),
+                },
+            ))
+        }
     };
-    Outcome::Reply(match result {
-        Ok(mut reply) => {
+    match request {
+        Ok(pending) => pending,
+        Err(e) => PendingReply::Ready(error_reply(Some(op), e.into())),
+    }
+}
+
+/// The reply to a change once the registry has acknowledged (or refused) it.
+pub async fn change_reply(op: &'static str, key: InstanceKey, ack: Ack) -> Value {
+    let result = match ack {
+        Ack::Lease(pending) => pending.await,
+        Ack::Done(pending) => pending.await.map(|()| None),
+    };
+    match result {
+        Ok(ttl) => {
+            let mut reply = Map::new();
             reply.insert("ok".into(), Value::Bool(true));
-            reply.insert("op".into(), Value::String(op));
+            reply.insert("op".into(), json!(op));
+            reply.insert("zone".into(), json!(key.zone));
+            reply.insert("service".into(), json!(key.service));
+            reply.insert("id".into(), json!(key.id));
+            if let Some(ttl) = ttl {
+                reply.insert("ttl".into(), json!(ttl));
+            }
             Value::Object(reply)
         }
-        Err(e) => error_reply(Some(&op), e),
-    })
-}
-
-fn register(
-    registry: &Registry,
-    session: &mut Session,
-    request: &Map<String, Value>,
-) -> Result<Map<String, Value>, ProtocolError> {
-    let instance = instance_from_json(request, registry.default_zone(), &["op"])?;
-    let instance = registry.register(instance, Some(session.id))?;
-    let key = InstanceKey {
-        zone: instance.zone.clone(),
-        service: instance.service.clone(),
-        id: instance.id.clone(),
-    };
-    if instance.ephemeral && !session.ephemeral.contains(&key) {
-        session.ephemeral.push(key);
+        Err(e) => error_reply(Some(op), e.into()),
     }
-    Ok(instance_reply(
-        &instance.zone,
-        &instance.service,
-        &instance.id,
-        instance.ttl,
-    ))
 }
 
-fn renew(
-    registry: &Registry,
-    request: &Map<String, Value>,
-) -> Result<Map<String, Value>, ProtocolError> {
-    let key = key_from_json(request, registry.default_zone(), &["op"])?;
-    let instance = registry.renew(&key)?;
-    Ok(instance_reply(
-        &key.zone,
-        &key.service,
-        &key.id,
-        instance.ttl,
-    ))
+/// The `list` reply, or the first line of a `watch`: `{"ok":true,"op":…,"instances":[…]}`
+/// with the instances of `snapshot` (of one service name, when filtered).
+pub fn listing_reply(op: &str, snapshot: &View, filter: Option<&Label>) -> Value {
+    let instances = listing(snapshot, filter.map(Label::as_str));
+    json!({"ok": true, "op": op, "instances": instances})
 }
 
-fn deregister(
-    registry: &Registry,
-    request: &Map<String, Value>,
-) -> Result<Map<String, Value>, ProtocolError> {
-    let key = key_from_json(request, registry.default_zone(), &["op"])?;
-    registry.deregister(&key)?;
-    Ok(instance_reply(&key.zone, &key.service, &key.id, None))
+/// The reply that ends a watch whose watcher fell too far behind.
+pub fn watch_lagged() -> Value {
+    error_reply(
+        Some("watch"),
+        ProtocolError {
+            code: "watch_lagged",
+            message: format!(
+                "the watcher fell {} events behind; watch again to resynchronise",
+                crate::registry::watch::WATCH_BUFFER
+            ),
+        },
+    )
 }
 
-fn list(
-    registry: &Registry,
-    request: &Map<String, Value>,
-) -> Result<Map<String, Value>, ProtocolError> {
-    let filter = service_filter(request)?;
-    let instances = registry.list(filter.as_ref());
-    let mut reply = Map::new();
-    reply.insert("instances".into(), json!(instances));
-    Ok(reply)
-}
-
-fn watch(registry: &Registry, request: &Map<String, Value>) -> Outcome {
-    let filter = match service_filter(request) {
-        Ok(filter) => filter,
-        Err(e) => return Outcome::Reply(error_reply(Some("watch"), e)),
-    };
-    let (instances, events) = registry.watch(filter.as_ref());
-    Outcome::Watch {
-        reply: json!({"ok": true, "op": "watch", "instances": instances}),
-        filter,
-        events,
-    }
+/// The reply to a request the registry can no longer take.
+pub fn unavailable(op: &str) -> Value {
+    error_reply(Some(op), RegistryError::Unavailable.into())
 }
 
 /// The optional `service` of list and watch; other fields are refused.
@@ -194,24 +219,6 @@ fn service_filter(request: &Map<String, Value>) -> Result<Option<Label>, Protoco
             message: format!("service {other} is not a string"),
         }),
     }
-}
-
-/// Whether a watcher with `filter` wants `event`.
-pub fn wanted(filter: &Option<Label>, event: &Event) -> bool {
-    filter
-        .as_ref()
-        .is_none_or(|service| *service == event.service)
-}
-
-fn instance_reply(zone: &str, service: &Label, id: &Label, ttl: Option<u64>) -> Map<String, Value> {
-    let mut reply = Map::new();
-    reply.insert("zone".into(), json!(zone));
-    reply.insert("service".into(), json!(service));
-    reply.insert("id".into(), json!(id));
-    if let Some(ttl) = ttl {
-        reply.insert("ttl".into(), json!(ttl));
-    }
-    reply
 }
 
 fn error_reply(op: Option<&str>, error: ProtocolError) -> Value {

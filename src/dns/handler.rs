@@ -1,17 +1,22 @@
-//! The hickory-server `ZoneHandler` of a [`Zone`]: routes a query to the zone's
-//! prepared answers, sized for the transport it came on.
+//! The hickory-server `ZoneHandler` of a [`ServedZone`]: routes a query to the zone's
+//! answers, sized for the transport it came on.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{DNSClass, LowerName, RecordType, TSigResponseContext};
+use hickory_proto::op::{Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType, TSigResponseContext};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestInfo};
 use hickory_server::zone_handler::{
-    AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, ZoneHandler,
-    ZoneTransfer, ZoneType,
+    AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, LookupRecords,
+    ZoneHandler, ZoneTransfer, ZoneType,
 };
+use tracing::warn;
 
-use super::zone::{ResponseRoom, Zone};
+use super::zone::{Answer, ServedZone};
 
 /// Size of an OPT record without options (RFC 6891 §6.1.2): the Catalog adds one to
 /// every response to an EDNS query.
@@ -20,9 +25,16 @@ const OPT_RECORD_LEN: usize = 11;
 const CLASSIC_UDP_LIMIT: usize = 512;
 /// Largest DNS message over TCP (RFC 1035 §4.2.2).
 const TCP_LIMIT: usize = 65_535;
+/// At most one warning about answers too large for TCP per this many seconds.
+const HUGE_ANSWER_WARNING_INTERVAL: u64 = 10;
+
+thread_local! {
+    /// Scratch space for measuring responses, reused by every query on a thread.
+    static MEASURE_BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(4096));
+}
 
 #[async_trait]
-impl ZoneHandler for Zone {
+impl ZoneHandler for ServedZone {
     fn zone_type(&self) -> ZoneType {
         ZoneType::Primary
     }
@@ -32,7 +44,7 @@ impl ZoneHandler for Zone {
     }
 
     fn origin(&self) -> &LowerName {
-        self.lower_origin()
+        self.zone().lower_origin()
     }
 
     /// Used by the Catalog for the SOA of negative answers and the NS of SOA answers.
@@ -43,7 +55,10 @@ impl ZoneHandler for Zone {
         _request_info: Option<&RequestInfo<'_>>,
         lookup_options: LookupOptions,
     ) -> LookupControlFlow<AuthLookup> {
-        self.answer(name, rtype, None, lookup_options)
+        let question = Query::query(Name::from(name.clone()), rtype);
+        let answer = MEASURE_BUFFER
+            .with(|buffer| self.answer(name, rtype, &question, None, &mut buffer.borrow_mut()));
+        LookupControlFlow::Break(answer.map(|a| lookup_of(a, lookup_options)))
     }
 
     async fn search(
@@ -63,14 +78,24 @@ impl ZoneHandler for Zone {
                 None,
             );
         }
+        let question = Query::query(Name::from(query.name().clone()), query.query_type());
         let room = response_room(request);
-        (
+        let answer = MEASURE_BUFFER.with(|buffer| {
             self.answer(
                 query.name(),
                 query.query_type(),
-                Some(&room),
-                lookup_options,
-            ),
+                &question,
+                Some(room),
+                &mut buffer.borrow_mut(),
+            )
+        });
+        if let Ok(answer) = &answer {
+            if answer.truncated && request.protocol() != Protocol::Udp {
+                warn_huge_answer(query.name(), query.query_type(), answer);
+            }
+        }
+        (
+            LookupControlFlow::Break(answer.map(|a| lookup_of(a, lookup_options))),
             None,
         )
     }
@@ -99,19 +124,55 @@ impl ZoneHandler for Zone {
     }
 }
 
-/// How large the response to `request` may be, and what to keep free in it.
-fn response_room(request: &Request) -> ResponseRoom {
+fn lookup_of(answer: Answer, _options: LookupOptions) -> AuthLookup {
+    AuthLookup::answers(
+        LookupRecords::Section(answer.answers),
+        Some(LookupRecords::Section(answer.additionals)),
+    )
+}
+
+/// The most bytes the answer and additional sections may take in the response to
+/// `request`, header and question included: the client's UDP limit (or 65535 on TCP),
+/// less the OPT record the Catalog adds to answers to EDNS queries.
+fn response_room(request: &Request) -> usize {
     let limit = match request.protocol() {
         Protocol::Udp => request.edns.as_ref().map_or(CLASSIC_UDP_LIMIT, |edns| {
             usize::from(edns.max_payload()).max(CLASSIC_UDP_LIMIT)
         }),
         _ => TCP_LIMIT,
     };
-    // The OPT record the Catalog adds to answers to EDNS queries.
-    let slack = if request.edns.is_some() {
+    let opt = if request.edns.is_some() {
         OPT_RECORD_LEN
     } else {
         0
     };
-    ResponseRoom { limit, slack }
+    limit - opt
+}
+
+/// An answer that does not fit even a TCP message goes out with TC, and no client can
+/// get the rest: say so in the log, at most once per interval, with what was dropped.
+fn warn_huge_answer(name: &LowerName, record_type: RecordType, answer: &Answer) {
+    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNING.load(Ordering::Relaxed);
+    if now < last + HUGE_ANSWER_WARNING_INTERVAL
+        || LAST_WARNING
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let sent = answer.answers.len().saturating_sub(1);
+    warn!(
+        name = %name,
+        r#type = %record_type,
+        records = answer.total,
+        sent,
+        similar_since_last_warning = SUPPRESSED.swap(0, Ordering::Relaxed),
+        "answer does not fit a 65535-byte DNS message: sent truncated (TC); set dns.max_answer_records to answer large sets with a sample"
+    );
 }

@@ -1,62 +1,77 @@
 //! The DNS side: zones built from files and from the live registry, answered through a
 //! hickory-server `Catalog`.
 
-pub mod answer;
 pub mod handler;
+pub mod naming;
+pub mod records;
 pub mod server;
-pub mod service_records;
 pub mod zone;
 pub mod zone_file;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use hickory_server::zone_handler::Catalog;
 
-use crate::registry::{Instance, Label, Publisher, RegistryError};
-pub use zone::Zone;
+use crate::registry::{Admission, Instance, Label, RegistryError, View, ZoneSettings};
+pub use records::Sampling;
+pub use zone::{ServedZone, Zone};
 pub use zone_file::ZoneSpec;
 
 /// Every served zone, by canonical origin (`svc.internal.`). Implements the registry's
-/// [`Publisher`], which is the only way registrations reach DNS.
+/// [`Admission`]: whether an instance's names fit its zone.
 pub struct Zones {
-    by_origin: HashMap<String, Arc<Zone>>,
+    /// In the order given, which is also their order in the registry's snapshots.
+    zones: Vec<Arc<Zone>>,
+    by_origin: HashMap<String, usize>,
 }
 
 impl Zones {
-    pub fn new(zones: Vec<Arc<Zone>>) -> Zones {
-        Zones {
-            by_origin: zones
-                .into_iter()
-                .map(|zone| (zone.origin().to_string(), zone))
-                .collect(),
-        }
+    pub fn new(specs: &[ZoneSpec]) -> Zones {
+        let zones: Vec<Arc<Zone>> = specs.iter().map(|spec| Arc::new(Zone::new(spec))).collect();
+        let by_origin = zones
+            .iter()
+            .enumerate()
+            .map(|(index, zone)| (zone.origin().to_string(), index))
+            .collect();
+        Zones { zones, by_origin }
     }
 
-    /// A hickory catalog with one zone handler per zone.
-    pub fn catalog(&self) -> Catalog {
+    /// What the registry needs to know of each zone, in snapshot order.
+    pub fn settings(&self) -> Vec<ZoneSettings> {
+        self.zones.iter().map(|zone| zone.settings()).collect()
+    }
+
+    /// A hickory catalog with one zone handler per zone, answering from the snapshots
+    /// published in `published` (whose zones are in the order of [`Zones::settings`]).
+    pub fn catalog(
+        &self,
+        published: &Arc<ArcSwap<View>>,
+        serial_base: u32,
+        sampling: Sampling,
+    ) -> Catalog {
         let mut catalog = Catalog::new();
-        for zone in self.by_origin.values() {
-            catalog.upsert(zone.lower_origin().clone(), vec![zone.clone()]);
+        for (index, zone) in self.zones.iter().enumerate() {
+            let served = ServedZone::new(
+                zone.clone(),
+                published.clone(),
+                index,
+                serial_base,
+                sampling,
+            );
+            catalog.upsert(zone.lower_origin().clone(), vec![Arc::new(served)]);
         }
         catalog
     }
-
-    fn zone(&self, origin: &str) -> Result<&Arc<Zone>, RegistryError> {
-        self.by_origin
-            .get(origin)
-            .ok_or_else(|| RegistryError::UnknownZone(origin.to_string()))
-    }
 }
 
-impl Publisher for Zones {
-    fn admit(&self, instance: &Instance) -> Result<(), RegistryError> {
-        self.zone(&instance.zone)?.admit(instance)
-    }
-
-    fn publish(&self, zone: &str, service: &Label, instances: &[Arc<Instance>]) {
-        if let Ok(zone) = self.zone(zone) {
-            zone.publish_service(service, instances);
-        }
+impl Admission for Zones {
+    fn admit(&self, zone: &str, service: &Label, instance: &Instance) -> Result<(), RegistryError> {
+        let index = self
+            .by_origin
+            .get(zone)
+            .ok_or_else(|| RegistryError::UnknownZone(zone.to_string()))?;
+        self.zones[*index].admit(service, instance)
     }
 }

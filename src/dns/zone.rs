@@ -1,117 +1,120 @@
-//! One served zone: its static data, the live names of its services, and the immutable
-//! snapshot that queries read.
+//! One served zone: its static records (from its zone file), and the registry's
+//! instances in it, read from the latest published snapshot at every query.
 //!
-//! Queries never wait for writers (DESIGN §5): they `load()` an `Arc<ZoneData>` from an
-//! `ArcSwap` and answer from it. A writer builds the next version under its own mutex
-//! and swaps it in. The name map is a persistent hash map (`imbl`), so the next version
-//! shares everything it does not change and a change costs what the one service it
-//! touches costs, never what the whole zone costs.
+//! Static names are prepared once, at start-up, in a map. The registry's names are not
+//! stored at all: `naming` finds the instances a name stands for, `records` renders
+//! them. Queries never wait for writers: a snapshot is an `Arc` loaded from an
+//! `ArcSwap` that the registry's writer replaces after each batch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use hickory_proto::op::{Query, ResponseCode};
 use hickory_proto::rr::rdata::{NS, SOA};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType};
-use hickory_server::zone_handler::{
-    AuthLookup, LookupControlFlow, LookupError, LookupOptions, LookupRecords,
-};
-use tracing::error;
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::zone_handler::LookupError;
 
-use super::answer::{record_set, rrset_of, Answer, NameEntry};
-use super::service_records::{self, child, service_type_name};
+use super::naming::{self, Resolution};
+use super::records::{self, Fitter, Sampling};
 use super::zone_file::{SoaSpec, ZoneSpec};
-use crate::registry::{Instance, Label, RegistryError};
+use crate::registry::view::Rotation;
+use crate::registry::{Instance, Label, RegistryError, View, ZoneSettings};
 
-/// What queries read: every name of the zone, immutable once published.
-pub struct ZoneData {
-    names: imbl::HashMap<LowerName, Arc<NameEntry>>,
-}
+/// The labels below the apex that the naming table uses at most (`_T._sub._S._P`).
+const MAX_RELATIVE_LABELS: usize = 4;
 
-/// Room a response needs beyond what `Answer` sizes account for.
-pub struct ResponseRoom {
-    /// The most bytes the response may have (the client's UDP limit, or 65535 on TCP).
-    pub limit: usize,
-    /// Bytes to keep free for the OPT record and an uncompressible question.
-    pub slack: usize,
-}
-
+/// A zone's own data: its origin, SOA and static records.
 pub struct Zone {
     origin: Name,
     lower_origin: LowerName,
     default_ttl: u32,
     soa: SoaSpec,
+    /// Static RRsets at the apex besides the SOA (NS, and any others the file has).
+    apex: Vec<StaticSet>,
+    /// Every other static name; a node without sets is an empty non-terminal.
+    statics: HashMap<LowerName, Vec<StaticSet>>,
     /// Service labels whose names a static record already owns (see `static_owner`).
     static_service_labels: HashMap<String, Name>,
-    published: ArcSwap<ZoneData>,
-    writer: Mutex<Writer>,
 }
 
-/// The writer's side: the working name map plus the bookkeeping that keeps empty
-/// non-terminals and the DNS-SD service list right as services come and go.
-struct Writer {
-    names: imbl::HashMap<LowerName, Arc<NameEntry>>,
-    /// For every name strictly between a data name and the apex: how many data names
-    /// lie below it. A name with a count and no data is an empty non-terminal.
-    descendants: HashMap<LowerName, u32>,
-    service_names: HashMap<Label, Vec<LowerName>>,
-    /// `_S._P.Z` of every service, for `_services._dns-sd._udp.Z`.
-    service_types: BTreeMap<Label, BTreeSet<Name>>,
-    /// Static answers at the apex (NS and any static records there), kept to rebuild the
-    /// apex when the SOA serial moves.
-    apex_static: Vec<Arc<Answer>>,
-    serial: u32,
+/// One static RRset, with the static addresses of the names it points at (NS, MX, SRV
+/// targets) as additional data.
+struct StaticSet {
+    record_type: RecordType,
+    records: Vec<Record>,
+    additionals: Vec<Vec<Record>>,
+    rotation: Rotation,
+}
+
+/// A response's records, and what the response builder must know about them.
+pub struct Answer {
+    pub answers: Vec<Record>,
+    pub additionals: Vec<Record>,
+    /// The answer section did not fit the room (the response will carry TC).
+    pub truncated: bool,
+    /// Records of the complete answer, for messages about truncated answers.
+    pub total: usize,
+}
+
+/// A zone as served: its own data and the registry's snapshots of its instances.
+pub struct ServedZone {
+    zone: Arc<Zone>,
+    published: Arc<ArcSwap<View>>,
+    /// The zone's position in the registry's snapshots.
+    index: usize,
+    /// SOA serials are this plus the zone's revision in the registry, so they grow
+    /// with every change and, starting from the clock, across restarts.
+    serial_base: u32,
+    sampling: Sampling,
 }
 
 impl Zone {
-    /// Builds a zone from its file (or the defaults), with its static records published.
-    pub fn new(spec: &ZoneSpec, serial: u32) -> Zone {
+    /// Prepares a zone's static records.
+    pub fn new(spec: &ZoneSpec) -> Zone {
         let origin = spec.origin.clone();
         let lower_origin = LowerName::new(&origin);
-        let mut writer = Writer {
-            names: imbl::HashMap::new(),
-            descendants: HashMap::new(),
-            service_names: HashMap::new(),
-            service_types: BTreeMap::new(),
-            apex_static: Vec::new(),
-            serial,
-        };
 
-        // Static RRsets, grouped by owner and type.
+        // Static RRsets, grouped by owner and type; an RRset is a set (RFC 2181 §5).
         let mut grouped: BTreeMap<(LowerName, RecordType), Vec<Record>> = BTreeMap::new();
         for record in &spec.records {
             let ttl = record.ttl.unwrap_or(spec.ttl);
-            grouped
+            let records = grouped
                 .entry((LowerName::new(&record.name), record.rdata.record_type()))
-                .or_default()
-                .push(Record::from_rdata(
+                .or_default();
+            if records.iter().all(|r| r.data != record.rdata) {
+                records.push(Record::from_rdata(
                     record.name.clone(),
                     ttl,
                     record.rdata.clone(),
                 ));
+            }
         }
-        let mut sets: BTreeMap<(LowerName, RecordType), RecordSet> = grouped
-            .into_iter()
-            .filter_map(|(key, records)| Some((key, rrset_of(records)?)))
+        let ns_records: Vec<Record> = spec
+            .ns
+            .iter()
+            .map(|ns| Record::from_rdata(origin.clone(), spec.ttl, RData::NS(NS(ns.clone()))))
             .collect();
-        let ns_rdata = spec.ns.iter().map(|ns| RData::NS(NS(ns.clone())));
-        let ns_set = record_set(&origin, spec.ttl, ns_rdata);
-        if let Some(ns_set) = ns_set {
-            sets.insert((lower_origin.clone(), RecordType::NS), ns_set);
+        if !ns_records.is_empty() {
+            grouped.insert((lower_origin.clone(), RecordType::NS), ns_records);
         }
-        // Additional data for static NS/MX/SRV: the targets' static addresses.
-        let addresses_of = |target: &Name| -> Vec<Arc<RecordSet>> {
+        // One RRset has one TTL: the first record's stands for all.
+        for records in grouped.values_mut() {
+            let ttl = records.first().map_or(0, |r| r.ttl);
+            records.iter_mut().for_each(|r| r.ttl = ttl);
+        }
+
+        let addresses_of = |target: &Name| -> Vec<Vec<Record>> {
             let target = LowerName::new(target);
             [RecordType::A, RecordType::AAAA]
                 .iter()
-                .filter_map(|t| sets.get(&(target.clone(), *t)))
-                .map(|set| Arc::new(set.clone()))
+                .filter_map(|t| grouped.get(&(target.clone(), *t)).cloned())
                 .collect()
         };
-        let mut entries: BTreeMap<LowerName, NameEntry> = BTreeMap::new();
-        for ((owner, _), set) in &sets {
-            let additionals = set
-                .records_without_rrsigs()
+        let mut nodes: BTreeMap<LowerName, Vec<StaticSet>> = BTreeMap::new();
+        for ((owner, record_type), records) in &grouped {
+            let additionals = records
+                .iter()
                 .filter_map(|r| match &r.data {
                     RData::NS(ns) => Some(ns.0.clone()),
                     RData::MX(mx) => Some(mx.exchange.clone()),
@@ -120,40 +123,43 @@ impl Zone {
                 })
                 .flat_map(|target| addresses_of(&target))
                 .collect();
-            entries
-                .entry(owner.clone())
-                .or_default()
-                .answers
-                .push(Arc::new(Answer::new(set.clone(), additionals)));
+            nodes.entry(owner.clone()).or_default().push(StaticSet {
+                record_type: *record_type,
+                records: records.clone(),
+                additionals,
+                rotation: Rotation::default(),
+            });
         }
 
+        let apex = nodes.remove(&lower_origin).unwrap_or_default();
         let mut static_service_labels = HashMap::new();
-        for (owner, entry) in entries {
-            if owner == lower_origin {
-                writer.apex_static = entry.answers;
-                continue;
-            }
+        let mut statics: HashMap<LowerName, Vec<StaticSet>> = HashMap::new();
+        let mut non_terminals: HashSet<LowerName> = HashSet::new();
+        for (owner, sets) in nodes {
             if let Some(label) = static_owner(&origin, &owner) {
                 static_service_labels.insert(label, Name::from(owner.clone()));
             }
-            writer.insert_data(&lower_origin, owner, Arc::new(entry), true);
+            let mut ancestor = owner.base_name();
+            while ancestor.num_labels() > lower_origin.num_labels() {
+                let next = ancestor.base_name();
+                non_terminals.insert(ancestor);
+                ancestor = next;
+            }
+            statics.insert(owner, sets);
+        }
+        for name in non_terminals {
+            statics.entry(name).or_default();
         }
 
-        let zone = Zone {
+        Zone {
             origin,
             lower_origin,
             default_ttl: spec.ttl,
             soa: spec.soa.clone(),
+            apex,
+            statics,
             static_service_labels,
-            published: ArcSwap::from_pointee(ZoneData {
-                names: imbl::HashMap::new(),
-            }),
-            writer: Mutex::new(writer),
-        };
-        let mut writer = zone.lock_writer();
-        zone.publish_apex(&mut writer);
-        drop(writer);
-        zone
+        }
     }
 
     pub fn origin(&self) -> &Name {
@@ -164,12 +170,20 @@ impl Zone {
         &self.lower_origin
     }
 
+    /// What the registry needs to know of this zone.
+    pub fn settings(&self) -> ZoneSettings {
+        ZoneSettings {
+            origin: Arc::from(self.origin.to_string()),
+            default_ttl: self.default_ttl,
+        }
+    }
+
     /// Refuses an instance whose names this zone cannot hold: a service label owned by a
     /// static record, or a name over 255 bytes.
-    pub fn admit(&self, instance: &Instance) -> Result<(), RegistryError> {
-        if let Some(name) = self.static_service_labels.get(instance.service.as_str()) {
+    pub fn admit(&self, service: &Label, instance: &Instance) -> Result<(), RegistryError> {
+        if let Some(name) = self.static_service_labels.get(service.as_str()) {
             return Err(RegistryError::NameConflict {
-                service: instance.service.to_string(),
+                service: service.to_string(),
                 zone: self.origin.to_string(),
                 name: name.to_string(),
             });
@@ -177,7 +191,7 @@ impl Zone {
         // The longest names a registration creates: I._S._P.Z and _T._sub._S._P.Z
         // (every label is one length byte plus its text).
         let zone_len = wire_len(&self.origin);
-        let service = instance.service.as_str().len() + 2;
+        let service_len = service.as_str().len() + 2;
         let proto = instance.proto.label().len() + 1;
         let longest_label = instance
             .tags
@@ -186,225 +200,191 @@ impl Zone {
             .chain([instance.id.as_str().len() + 1])
             .max()
             .unwrap_or(0);
-        let longest = longest_label + service + proto + zone_len;
+        let longest = longest_label + service_len + proto + zone_len;
         if longest > 255 {
             return Err(RegistryError::NameTooLong {
-                service: instance.service.to_string(),
+                service: service.to_string(),
                 zone: self.origin.to_string(),
                 length: longest,
             });
         }
         Ok(())
     }
+}
 
-    /// Replaces everything published for `service` with names built from `instances`.
-    pub fn publish_service(&self, service: &Label, instances: &[Arc<Instance>]) {
-        let names = match service_records::build(&self.origin, self.default_ttl, service, instances)
-        {
-            Ok(names) => names,
-            Err(e) => {
-                // `admit` rules out every name the builder could fail on, so this is a
-                // bug; keep serving the previous version rather than half of a new one.
-                error!(%service, zone = %self.origin, error = %e, "could not build the service's records");
-                return;
-            }
-        };
-        let mut writer = self.lock_writer();
-        let old: HashSet<LowerName> = writer
-            .service_names
-            .remove(service)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        for gone in old.iter().filter(|name| !names.contains_key(*name)) {
-            writer.remove_data(&self.lower_origin, gone);
+impl ServedZone {
+    pub fn new(
+        zone: Arc<Zone>,
+        published: Arc<ArcSwap<View>>,
+        index: usize,
+        serial_base: u32,
+        sampling: Sampling,
+    ) -> ServedZone {
+        ServedZone {
+            zone,
+            published,
+            index,
+            serial_base,
+            sampling,
         }
-        let mut owned = Vec::with_capacity(names.len());
-        for (name, entry) in names {
-            let is_new = !old.contains(&name);
-            owned.push(name.clone());
-            writer.insert_data(&self.lower_origin, name, Arc::new(entry), is_new);
-        }
-        if !owned.is_empty() {
-            writer.service_names.insert(service.clone(), owned);
-        }
-
-        let types: BTreeSet<Name> = instances
-            .iter()
-            .map(|i| i.proto)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .filter_map(|proto| service_type_name(&self.origin, service, proto).ok())
-            .collect();
-        let previous_types = if types.is_empty() {
-            writer.service_types.remove(service)
-        } else {
-            writer.service_types.insert(service.clone(), types.clone())
-        };
-        if previous_types.unwrap_or_default() != types {
-            self.publish_service_types(&mut writer);
-        }
-        writer.serial = writer.serial.wrapping_add(1);
-        self.publish_apex(&mut writer);
     }
 
-    /// Answers `name`/`record_type` from the current snapshot. With `room`, additional
-    /// records are trimmed to what fits; without, all are returned.
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
+    /// Answers `name`/`record_type` from the current snapshot, in a response to
+    /// `question` of at most `room` bytes (`None`: unlimited). `buffer` is scratch
+    /// space. NODATA is `Err(NameExists)`, NXDOMAIN `Err(NXDomain)`, as the Catalog wants.
     pub fn answer(
         &self,
         name: &LowerName,
         record_type: RecordType,
-        room: Option<&ResponseRoom>,
-        options: LookupOptions,
-    ) -> LookupControlFlow<AuthLookup> {
-        let data = self.published.load();
-        let Some(entry) = data.names.get(name) else {
-            return LookupControlFlow::Break(Err(LookupError::from(
-                hickory_proto::op::ResponseCode::NXDomain,
-            )));
-        };
-        let found = if record_type == RecordType::ANY {
-            entry.any()
-        } else {
-            entry.get(record_type)
-        };
-        if let Some(answer) = found {
-            let additionals = match room {
-                Some(room) => answer.additionals_within(room.limit, room.slack, options),
-                None => answer.additionals_within(usize::MAX, 0, options),
+        question: &Query,
+        room: Option<usize>,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Answer, LookupError> {
+        let view = self.published.load();
+        let mut out = Fitter::new(buffer, question, room);
+        let total = self.fill(&view, name, record_type, &mut out, true)?;
+        let truncated = out.truncated();
+        let (answers, additionals) = out.finish();
+        Ok(Answer {
+            answers,
+            additionals,
+            truncated,
+            total,
+        })
+    }
+
+    /// Adds the answer for `name` to `out`; returns how many records it has. A CNAME is
+    /// followed once, within the zone (RFC 1034 §4.3.2), when `follow_cname`.
+    fn fill(
+        &self,
+        view: &View,
+        name: &LowerName,
+        record_type: RecordType,
+        out: &mut Fitter<'_>,
+        follow_cname: bool,
+    ) -> Result<usize, LookupError> {
+        let zone = &*self.zone;
+        if *name == zone.lower_origin {
+            let soa = [self.soa_set(view)];
+            return fill_static(soa.iter().chain(&zone.apex), record_type, out);
+        }
+        if let Some(sets) = zone.statics.get(name) {
+            return match fill_static(sets.iter(), record_type, out) {
+                Err(LookupError::NameExists) if follow_cname => {
+                    let Some(cname) = sets.iter().find(|s| s.record_type == RecordType::CNAME)
+                    else {
+                        return Err(LookupError::NameExists);
+                    };
+                    let total = fill_static(std::iter::once(cname), RecordType::CNAME, out)?;
+                    let target = cname.records.iter().find_map(|r| match &r.data {
+                        RData::CNAME(target) => Some(LowerName::new(&target.0)),
+                        _ => None,
+                    });
+                    match target {
+                        Some(target) if zone.lower_origin.zone_of(&target) => {
+                            // The target's own answer, if it has one, follows the CNAME.
+                            Ok(total
+                                + self
+                                    .fill(view, &target, record_type, out, false)
+                                    .unwrap_or(0))
+                        }
+                        _ => Ok(total),
+                    }
+                }
+                other => other,
             };
-            return LookupControlFlow::Break(Ok(AuthLookup::answers(
-                answer.records(options),
-                additionals,
-            )));
         }
-        if let Some(cname) = entry.get(RecordType::CNAME) {
-            return LookupControlFlow::Break(Ok(AuthLookup::answers(
-                chase_cname(&data, cname, record_type, options),
-                None,
-            )));
+        let instances = view
+            .zone(self.index)
+            .ok_or(LookupError::from(ResponseCode::ServFail))?;
+        let mut labels = [""; MAX_RELATIVE_LABELS];
+        let relative = usize::from(
+            name.num_labels()
+                .saturating_sub(zone.lower_origin.num_labels()),
+        );
+        if relative > MAX_RELATIVE_LABELS {
+            return Err(ResponseCode::NXDomain.into());
         }
-        LookupControlFlow::Break(Err(LookupError::NameExists))
-    }
-
-    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
-        // Writer state is only changed by whole-map inserts/removes; recovering from a
-        // poisoned lock keeps the zone serving instead of failing every later change.
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Rebuilds `_services._dns-sd._udp.Z` (RFC 6763 §9) from the service types.
-    fn publish_service_types(&self, writer: &mut Writer) {
-        let Ok(name) = child(&self.origin, "_udp")
-            .and_then(|n| child(&n, "_dns-sd"))
-            .and_then(|n| child(&n, "_services"))
-        else {
-            return;
-        };
-        let lower = LowerName::new(&name);
-        let types: BTreeSet<&Name> = writer.service_types.values().flatten().collect();
-        let pointers = types
-            .into_iter()
-            .map(|t| RData::PTR(hickory_proto::rr::rdata::PTR(t.clone())));
-        let present = writer
-            .names
-            .get(&lower)
-            .is_some_and(|e| !e.is_empty_non_terminal());
-        match Answer::from_rdata(&name, self.default_ttl, pointers, vec![]) {
-            Some(answer) => {
-                let entry = NameEntry {
-                    answers: vec![Arc::new(answer)],
-                };
-                writer.insert_data(&self.lower_origin, lower, Arc::new(entry), !present);
+        for (slot, label) in labels.iter_mut().zip(name.iter()) {
+            // Our names are ASCII; a label that is not UTF-8 is not one of them.
+            *slot = std::str::from_utf8(label)
+                .map_err(|_| LookupError::from(ResponseCode::NXDomain))?;
+        }
+        match naming::resolve(instances, &labels[..relative], record_type) {
+            Resolution::Data(data) => {
+                let owner = Name::from(name.clone());
+                Ok(records::render(
+                    &data,
+                    &owner,
+                    &zone.origin,
+                    self.sampling,
+                    out,
+                ))
             }
-            None if present => writer.remove_data(&self.lower_origin, &lower),
-            None => {}
+            Resolution::NoData => Err(LookupError::NameExists),
+            Resolution::NxDomain => Err(ResponseCode::NXDomain.into()),
         }
     }
 
-    /// Rebuilds the apex (SOA with the current serial, NS, static apex records) and
-    /// publishes the writer's map as the new snapshot.
-    fn publish_apex(&self, writer: &mut Writer) {
-        let soa = &self.soa;
+    /// The SOA, with a serial that grows with every change to the zone.
+    fn soa_set(&self, view: &View) -> StaticSet {
+        let revision = view.zone(self.index).map_or(0, |zone| zone.revision());
+        let zone = &*self.zone;
+        let soa = &zone.soa;
         let rdata = RData::SOA(SOA::new(
             soa.mname.clone(),
             soa.rname.clone(),
-            writer.serial,
+            self.serial_base.wrapping_add(revision as u32),
             soa.refresh,
             soa.retry,
             soa.expire,
             soa.minimum,
         ));
         // The SOA's TTL caps negative caching along with its MINIMUM (RFC 2308 §5).
-        let soa_ttl = self.default_ttl.min(soa.minimum);
-        let mut answers = Vec::with_capacity(writer.apex_static.len() + 1);
-        answers.extend(Answer::from_rdata(&self.origin, soa_ttl, [rdata], vec![]).map(Arc::new));
-        answers.extend(writer.apex_static.iter().cloned());
-        writer
-            .names
-            .insert(self.lower_origin.clone(), Arc::new(NameEntry { answers }));
-        self.published.store(Arc::new(ZoneData {
-            names: writer.names.clone(),
-        }));
-    }
-}
-
-impl Writer {
-    fn insert_data(
-        &mut self,
-        origin: &LowerName,
-        name: LowerName,
-        entry: Arc<NameEntry>,
-        is_new: bool,
-    ) {
-        if is_new {
-            for ancestor in ancestors(origin, &name) {
-                let count = self.descendants.entry(ancestor.clone()).or_insert(0);
-                *count += 1;
-                if *count == 1 && !self.names.contains_key(&ancestor) {
-                    self.names.insert(ancestor, Arc::new(NameEntry::default()));
-                }
-            }
-        }
-        self.names.insert(name, entry);
-    }
-
-    fn remove_data(&mut self, origin: &LowerName, name: &LowerName) {
-        if self.descendants.contains_key(name) {
-            self.names
-                .insert(name.clone(), Arc::new(NameEntry::default()));
-        } else {
-            self.names.remove(name);
-        }
-        for ancestor in ancestors(origin, name) {
-            let Some(count) = self.descendants.get_mut(&ancestor) else {
-                continue;
-            };
-            *count -= 1;
-            if *count == 0 {
-                self.descendants.remove(&ancestor);
-                if self
-                    .names
-                    .get(&ancestor)
-                    .is_some_and(|e| e.is_empty_non_terminal())
-                {
-                    self.names.remove(&ancestor);
-                }
-            }
+        let ttl = zone.default_ttl.min(soa.minimum);
+        StaticSet {
+            record_type: RecordType::SOA,
+            records: vec![Record::from_rdata(zone.origin.clone(), ttl, rdata)],
+            additionals: Vec::new(),
+            rotation: Rotation::default(),
         }
     }
 }
 
-/// The names strictly between `name` and the zone apex.
-fn ancestors(origin: &LowerName, name: &LowerName) -> Vec<LowerName> {
-    let mut out = Vec::new();
-    let mut current = name.base_name();
-    while current.num_labels() > origin.num_labels() {
-        let next = current.base_name();
-        out.push(current);
-        current = next;
+/// Adds the static RRset of `record_type` among `sets` (the first one for ANY, RFC 8482),
+/// rotating address sets; NODATA when there is none.
+fn fill_static<'a>(
+    mut sets: impl Iterator<Item = &'a StaticSet>,
+    record_type: RecordType,
+    out: &mut Fitter<'_>,
+) -> Result<usize, LookupError> {
+    let found = match record_type {
+        RecordType::ANY => sets.next(),
+        wanted => sets.find(|set| set.record_type == wanted),
+    };
+    let Some(set) = found else {
+        return Err(LookupError::NameExists);
+    };
+    let records = &set.records;
+    let start = match set.record_type {
+        RecordType::A | RecordType::AAAA if records.len() > 1 => set.rotation.next(records.len()),
+        _ => 0,
+    };
+    for record in records[start..].iter().chain(&records[..start]) {
+        if !out.answer(record.clone()) {
+            return Ok(records.len());
+        }
     }
-    out
+    for additional in &set.additionals {
+        if !out.additional_set(additional.clone()) {
+            break;
+        }
+    }
+    Ok(records.len())
 }
 
 /// The service label whose names a static record at `owner` would occupy: `S` for
@@ -421,29 +401,6 @@ fn static_owner(origin: &Name, owner: &LowerName) -> Option<String> {
             .map(|s| String::from_utf8_lossy(s).into_owned());
     }
     Some(String::from_utf8_lossy(last).into_owned())
-}
-
-/// A CNAME answer, followed by the target's records of the asked type when the target
-/// is in this zone (as authoritative servers do, RFC 1034 §4.3.2).
-fn chase_cname(
-    data: &ZoneData,
-    cname: &Answer,
-    record_type: RecordType,
-    options: LookupOptions,
-) -> LookupRecords {
-    let target = cname
-        .rrset()
-        .records_without_rrsigs()
-        .find_map(|r| match &r.data {
-            RData::CNAME(target) => Some(LowerName::new(&target.0)),
-            _ => None,
-        });
-    let target_set = target
-        .and_then(|t| data.names.get(&t).cloned())
-        .and_then(|entry| entry.get(record_type).map(|a| a.rrset().clone()));
-    let mut sets = vec![cname.rrset().clone()];
-    sets.extend(target_set);
-    LookupRecords::many(options, sets)
 }
 
 /// Length of `name` on the wire, uncompressed.

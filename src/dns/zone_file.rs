@@ -18,8 +18,8 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::config::ConfigError;
-use crate::registry::spec::{canonical_zone, instance_from_json};
-use crate::registry::Instance;
+use crate::registry::spec::{canonical_zone, registration_from_json};
+use crate::registry::Registration;
 
 /// A zone ready to serve: from a file, or the built-in default zone.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub struct ZoneSpec {
     pub ns: Vec<Name>,
     pub records: Vec<StaticRecord>,
     /// Instances that exist without registration, with their zone set to `origin`.
-    pub services: Vec<Instance>,
+    pub services: Vec<Registration>,
     /// Where it came from, for messages; `None` for the built-in default.
     pub source: Option<PathBuf>,
 }
@@ -214,19 +214,19 @@ pub fn load_file(
         .collect::<Result<Vec<_>, _>>()?;
     let origin_text = origin.to_string();
     let mut services = Vec::with_capacity(file.services.len());
-    for StaticService(mut instance) in file.services {
-        if instance.zone.is_empty() {
-            instance.zone = origin_text.clone();
-        } else if instance.zone != origin_text {
+    for StaticService(mut registration) in file.services {
+        if registration.zone.is_empty() {
+            registration.zone = origin_text.clone();
+        } else if registration.zone != origin_text {
             return Err(ConfigError::in_file(
                 path,
                 format!(
                     "service {} instance {} names zone {}, but this file is zone {}",
-                    instance.service, instance.id, instance.zone, origin_text
+                    registration.service, registration.instance.id, registration.zone, origin_text
                 ),
             ));
         }
-        services.push(instance);
+        services.push(registration);
     }
     let mut spec = ZoneSpec {
         soa: SoaSpec::defaults(&origin, &ns, ttl),
@@ -460,14 +460,17 @@ fn scalar_strings(value: &serde_yaml::Value) -> Option<Vec<String>> {
 }
 
 /// A static service instance: the fields of a `register` request.
-struct StaticService(Instance);
+struct StaticService(Registration);
 
 impl TryFrom<serde_json::Map<String, serde_json::Value>> for StaticService {
     type Error = String;
     fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
-        let instance = instance_from_json(&object, "", &[]).map_err(|e| e.to_string())?;
-        instance.validate().map_err(|e| e.to_string())?;
-        Ok(StaticService(instance))
+        let registration = registration_from_json(&object, "", &[]).map_err(|e| e.to_string())?;
+        registration
+            .instance
+            .validate(&registration.service)
+            .map_err(|e| e.to_string())?;
+        Ok(StaticService(registration))
     }
 }
 

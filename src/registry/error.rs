@@ -79,6 +79,8 @@ pub enum RegistryError {
     UnknownZone(String),
     #[error("instance {id:?} of service {service:?} is not registered")]
     NotFound { service: String, id: String },
+    #[error("the registry is shutting down")]
+    Unavailable,
 }
 
 impl RegistryError {
@@ -111,6 +113,7 @@ impl RegistryError {
             RegistryError::NameTooLong { .. } => "name_too_long",
             RegistryError::UnknownZone(_) => "unknown_zone",
             RegistryError::NotFound { .. } => "not_found",
+            RegistryError::Unavailable => "unavailable",
         }
     }
 }

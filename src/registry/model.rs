@@ -1,10 +1,18 @@
 //! What a registered service instance is, and the checks every registration passes
 //! before it may touch the registry, whatever the source (socket, zone file, CLI).
+//!
+//! The types are compact on purpose: a registry holds up to millions of instances, so an
+//! instance keeps its labels inline (no heap allocation for labels up to 24 bytes), its
+//! addresses and tags in exact-size boxes, and its metadata in the TXT wire form DNS
+//! serves it in, rather than as a map.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use compact_str::CompactString;
+use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use super::RegistryError;
@@ -14,8 +22,8 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// Longest character-string in a TXT record (RFC 1035 §3.3).
 pub const MAX_TXT_STRING_LEN: usize = 255;
 /// Longest lease a registration may ask for: a day. Longer leases are what permanent
-/// registrations are for, and a bound keeps `Instant` arithmetic far from overflow.
-pub const MAX_LEASE_SECS: u64 = 86_400;
+/// registrations are for, and a bound keeps deadline arithmetic far from overflow.
+pub const MAX_LEASE_SECS: u32 = 86_400;
 /// Upper bound for a per-instance record TTL; DNS caps TTLs at 2^31-1 (RFC 2181 §8) but
 /// a discovery record cached for more than a day defeats the point.
 pub const MAX_DNS_TTL: u32 = 86_400;
@@ -30,9 +38,10 @@ pub const MAX_TAGS: usize = 32;
 ///
 /// Service names, instance ids and tags are all labels, so they share this type; the
 /// lowercasing makes `Web-1` and `web-1` the same instance, as DNS would see them.
+/// Labels of up to 24 bytes are stored inline.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Label(String);
+pub struct Label(CompactString);
 
 impl Label {
     /// Validates `text` as an LDH label; `what` names the field for the error message.
@@ -54,11 +63,18 @@ impl Label {
                 value: text.to_string(),
                 problem,
             }),
-            None => Ok(Label(text.to_ascii_lowercase())),
+            None => Ok(Label(CompactString::from(text.to_ascii_lowercase()))),
         }
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lets maps keyed by `Label` be probed with the `&str` of a DNS query's label.
+impl Borrow<str> for Label {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }
@@ -97,6 +113,8 @@ pub enum Proto {
 }
 
 impl Proto {
+    pub const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
+
     pub fn parse(text: &str) -> Result<Proto, RegistryError> {
         match text.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
@@ -116,39 +134,112 @@ impl Proto {
     pub fn as_str(self) -> &'static str {
         &self.label()[1..]
     }
+
+    /// Position in per-protocol arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
-/// A fully validated registration: what the registry stores and the DNS side renders.
+/// An instance's metadata, kept as the TXT RDATA DNS serves it in: a sequence of
+/// `key=value` character-strings (RFC 6763 §6), each prefixed by its length, in key
+/// order. Keys never contain `=`, so the map is recovered exactly.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Meta(Box<[u8]>);
+
+impl Meta {
+    /// Encodes a map, checking that every entry can be one TXT string.
+    pub fn from_map(map: &BTreeMap<String, String>) -> Result<Meta, RegistryError> {
+        let mut wire = Vec::with_capacity(map.iter().map(|(k, v)| k.len() + v.len() + 2).sum());
+        for (key, value) in map {
+            validate_meta(key, value)?;
+            // validate_meta bounds the string at 255 bytes, so the length fits a u8.
+            wire.push((key.len() + 1 + value.len()) as u8);
+            wire.extend_from_slice(key.as_bytes());
+            wire.push(b'=');
+            wire.extend_from_slice(value.as_bytes());
+        }
+        Ok(Meta(wire.into_boxed_slice()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `key=value` strings, without their length bytes.
+    pub fn strings(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest: &[u8] = &self.0;
+        std::iter::from_fn(move || {
+            let (&len, tail) = rest.split_first()?;
+            let (string, tail) = tail.split_at(usize::from(len).min(tail.len()));
+            rest = tail;
+            Some(string)
+        })
+    }
+
+    /// The entries as (key, value).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.strings().filter_map(|string| {
+            // Built from `&str`s by `from_map`, so always UTF-8 with an `=`.
+            let text = std::str::from_utf8(string).ok()?;
+            text.split_once('=')
+        })
+    }
+}
+
+impl fmt::Debug for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.pairs()).finish()
+    }
+}
+
+impl Serialize for Meta {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.pairs() {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// A fully validated service instance: everything about it except where it lives (its
+/// zone and service, which the registry's indexes already hold).
 ///
-/// Immutable once built; a re-registration or renewal replaces the whole value, so
-/// readers holding an `Arc<Instance>` never see a half-applied change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Immutable once built; a re-registration replaces the whole value, so readers holding
+/// one never see a half-applied change.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
-    /// Zone origin, lowercase and fully qualified (`svc.internal.`).
-    pub zone: String,
-    pub service: Label,
     pub id: Label,
-    pub addresses: Vec<IpAddr>,
+    pub addresses: Box<[IpAddr]>,
     pub port: u16,
     pub proto: Proto,
     pub priority: u16,
     pub weight: u16,
     /// Sorted and without duplicates.
-    pub tags: Vec<Label>,
-    pub meta: BTreeMap<String, String>,
+    pub tags: Box<[Label]>,
+    pub meta: Meta,
     /// Record TTL for this instance's names; the zone's default when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_ttl: Option<u32>,
     /// Lease length in seconds; `None` for registrations that do not expire by time.
-    pub ttl: Option<u64>,
+    pub ttl: Option<u32>,
     /// Removed when the connection that registered it closes.
     pub ephemeral: bool,
+}
+
+/// A register request: an instance and the zone and service it goes into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Zone origin, lowercase and fully qualified (`svc.internal.`).
+    pub zone: String,
+    pub service: Label,
+    pub instance: Instance,
 }
 
 impl Instance {
     /// Checks the cross-field rules that single-field parsing cannot see. Called by the
     /// registry on every insert, so no source can bypass it.
-    pub fn validate(&self) -> Result<(), RegistryError> {
+    pub fn validate(&self, service: &Label) -> Result<(), RegistryError> {
         if self.addresses.is_empty() {
             return Err(RegistryError::MissingField("addresses"));
         }
@@ -185,21 +276,18 @@ impl Instance {
             }
             if *tag == self.id {
                 return Err(RegistryError::LabelConflict {
-                    service: self.service.to_string(),
+                    service: service.to_string(),
                     label: tag.to_string(),
                     detail: "this registration uses it as both its id and a tag",
                 });
             }
         }
-        for (key, value) in &self.meta {
-            validate_meta(key, value)?;
-        }
         if let Some(ttl) = self.ttl {
             if ttl == 0 || ttl > MAX_LEASE_SECS {
                 return Err(RegistryError::InvalidTtl {
                     field: "ttl",
-                    value: ttl,
-                    max: MAX_LEASE_SECS,
+                    value: u64::from(ttl),
+                    max: u64::from(MAX_LEASE_SECS),
                 });
             }
         }
@@ -215,13 +303,43 @@ impl Instance {
         Ok(())
     }
 
-    pub fn has_tag(&self, tag: &Label) -> bool {
-        self.tags.binary_search(tag).is_ok()
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.binary_search_by(|t| t.as_str().cmp(tag)).is_ok()
     }
+}
 
-    /// The metadata as DNS-SD TXT strings (`key=value`, RFC 6763 §6.3).
-    pub fn txt_strings(&self) -> Vec<String> {
-        self.meta.iter().map(|(k, v)| format!("{k}={v}")).collect()
+/// An instance as the protocol shows it (`list`, `watch`): its zone, service and fields.
+pub struct InstanceJson<'a> {
+    pub zone: &'a str,
+    pub service: &'a Label,
+    pub instance: &'a Instance,
+    /// Seconds until the lease expires, for leased instances in listings.
+    pub expires_in: Option<f64>,
+}
+
+impl Serialize for InstanceJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let instance = self.instance;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("zone", self.zone)?;
+        map.serialize_entry("service", self.service)?;
+        map.serialize_entry("id", &instance.id)?;
+        map.serialize_entry("addresses", &instance.addresses)?;
+        map.serialize_entry("port", &instance.port)?;
+        map.serialize_entry("proto", &instance.proto)?;
+        map.serialize_entry("priority", &instance.priority)?;
+        map.serialize_entry("weight", &instance.weight)?;
+        map.serialize_entry("tags", &instance.tags)?;
+        map.serialize_entry("meta", &instance.meta)?;
+        if let Some(dns_ttl) = instance.dns_ttl {
+            map.serialize_entry("dns_ttl", &dns_ttl)?;
+        }
+        map.serialize_entry("ttl", &instance.ttl)?;
+        map.serialize_entry("ephemeral", &instance.ephemeral)?;
+        if let Some(expires_in) = self.expires_in {
+            map.serialize_entry("expires_in", &expires_in)?;
+        }
+        map.end()
     }
 }
 
@@ -275,5 +393,21 @@ mod tests {
         assert!(validate_meta("a=b", "c").is_err());
         assert!(validate_meta("", "c").is_err());
         assert!(validate_meta("k", &"v".repeat(254)).is_err());
+    }
+
+    #[test]
+    fn meta_round_trips_through_its_txt_form() {
+        let map: BTreeMap<String, String> = [("version", "2.1"), ("zone", "a=b"), ("empty", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let meta = Meta::from_map(&map).unwrap();
+        let back: BTreeMap<String, String> = meta
+            .pairs()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(back, map);
+        let strings: Vec<&[u8]> = meta.strings().collect();
+        assert_eq!(strings, vec![&b"empty="[..], b"version=2.1", b"zone=a=b"]);
     }
 }

@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use hickory_proto::rr::Name;
 use serde_json::{Map, Value};
 
-use super::model::{Instance, Label, LabelKind, Proto};
+use super::model::{
+    Instance, Label, LabelKind, Meta, Proto, Registration, MAX_DNS_TTL, MAX_LEASE_SECS,
+};
 use super::{InstanceKey, RegistryError};
 
 /// The fields of a registration.
@@ -35,11 +37,11 @@ pub const KEY_FIELDS: &[&str] = &["service", "id", "zone"];
 
 /// Reads a registration. `extra` lists other fields the caller handles (such as `op`);
 /// any field in neither list is refused, so a typo never silently does nothing.
-pub fn instance_from_json(
+pub fn registration_from_json(
     object: &Map<String, Value>,
     default_zone: &str,
     extra: &[&str],
-) -> Result<Instance, RegistryError> {
+) -> Result<Registration, RegistryError> {
     reject_unknown(object, INSTANCE_FIELDS, extra)?;
     let fields = Fields(object);
     let addresses = match object.get("addresses") {
@@ -58,6 +60,14 @@ pub fn instance_from_json(
             ))
         }
     };
+    // An address listed twice is one endpoint, and would be one record twice.
+    let mut addresses = addresses;
+    let mut seen = Vec::with_capacity(addresses.len());
+    addresses.retain(|address| {
+        let first = !seen.contains(address);
+        seen.push(*address);
+        first
+    });
     let port = match fields.unsigned("port", "invalid_port")? {
         None => return Err(RegistryError::MissingField("port")),
         Some(port) => u16::try_from(port).map_err(|_| RegistryError::InvalidPort(port))?,
@@ -93,32 +103,27 @@ pub fn instance_from_json(
             .collect::<Result<_, _>>()?,
         Some(other) => return Err(bad_value("invalid_meta", "meta", other, "a map of strings")),
     };
-    let dns_ttl = fields
-        .unsigned("dns_ttl", "invalid_dns_ttl")?
-        .map(|ttl| {
-            u32::try_from(ttl).map_err(|_| RegistryError::InvalidTtl {
-                field: "dns_ttl",
-                value: ttl,
-                max: u64::from(super::model::MAX_DNS_TTL),
-            })
-        })
-        .transpose()?;
-    Ok(Instance {
+    let meta = Meta::from_map(&meta)?;
+    let dns_ttl = fields.seconds("dns_ttl", "invalid_dns_ttl", MAX_DNS_TTL)?;
+    let ttl = fields.seconds("ttl", "invalid_ttl", MAX_LEASE_SECS)?;
+    Ok(Registration {
         zone: zone_from_json(object, default_zone)?,
         service: fields.label("service", LabelKind::Service)?,
-        id: fields.label("id", LabelKind::Id)?,
-        addresses,
-        port,
-        proto,
-        priority: fields.u16_or("priority", "invalid_priority", 1)?,
-        weight: fields.u16_or("weight", "invalid_weight", 1)?,
-        tags,
-        meta,
-        dns_ttl,
-        ttl: fields.unsigned("ttl", "invalid_ttl")?,
-        ephemeral: fields
-            .boolean("ephemeral", "invalid_ephemeral")?
-            .unwrap_or(false),
+        instance: Instance {
+            id: fields.label("id", LabelKind::Id)?,
+            addresses: addresses.into_boxed_slice(),
+            port,
+            proto,
+            priority: fields.u16_or("priority", "invalid_priority", 1)?,
+            weight: fields.u16_or("weight", "invalid_weight", 1)?,
+            tags: tags.into_boxed_slice(),
+            meta,
+            dns_ttl,
+            ttl,
+            ephemeral: fields
+                .boolean("ephemeral", "invalid_ephemeral")?
+                .unwrap_or(false),
+        },
     })
 }
 
@@ -257,6 +262,25 @@ impl Fields<'_> {
                 )),
             },
         }
+    }
+
+    /// A duration in seconds that must fit a `u32`; the range up to `max` is checked
+    /// with the instance (`Instance::validate`), which gives the same error.
+    fn seconds(
+        &self,
+        field: &'static str,
+        code: &'static str,
+        max: u32,
+    ) -> Result<Option<u32>, RegistryError> {
+        self.unsigned(field, code)?
+            .map(|value| {
+                u32::try_from(value).map_err(|_| RegistryError::InvalidTtl {
+                    field,
+                    value,
+                    max: u64::from(max),
+                })
+            })
+            .transpose()
     }
 
     fn u16_or(

@@ -1,0 +1,114 @@
+//! Lease deadlines, earliest first (the mini-redis `db.rs` shape): the writer sleeps
+//! until the first one and expires every lease that has passed as one batch.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::view::InstanceRef;
+
+/// Where one instance's lease stands. Kept inside the shared instance entry so that
+/// `list` can show the time left without asking the writer, and so that a renewal
+/// changes two integers instead of republishing the instance. Only the writer stores;
+/// readers load (relaxed: a listing may be a renewal behind, which is harmless).
+#[derive(Debug)]
+pub struct LeaseSlot {
+    /// Milliseconds after the registry's epoch; `NONE` for instances without a lease.
+    deadline_ms: AtomicU64,
+    /// Tie-breaker of the deadline's key in [`Leases`].
+    seq: AtomicU64,
+}
+
+const NONE: u64 = u64::MAX;
+
+impl Default for LeaseSlot {
+    fn default() -> Self {
+        LeaseSlot {
+            deadline_ms: AtomicU64::new(NONE),
+            seq: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaseSlot {
+    /// Seconds until the lease ends, for leased instances.
+    pub fn expires_in(&self, epoch: Instant, now: Instant) -> Option<f64> {
+        let deadline = self.deadline_ms.load(Ordering::Relaxed);
+        if deadline == NONE {
+            return None;
+        }
+        let now_ms = now.saturating_duration_since(epoch).as_millis() as u64;
+        Some(deadline.saturating_sub(now_ms) as f64 / 1000.0)
+    }
+
+    fn key(&self) -> Option<(u64, u64)> {
+        let deadline = self.deadline_ms.load(Ordering::Relaxed);
+        (deadline != NONE).then(|| (deadline, self.seq.load(Ordering::Relaxed)))
+    }
+}
+
+/// Every lease deadline, keyed `(deadline in ms after the epoch, sequence)`: the
+/// sequence keeps two leases ending in the same millisecond apart.
+pub struct Leases {
+    epoch: Instant,
+    deadlines: BTreeMap<(u64, u64), InstanceRef>,
+    next_seq: u64,
+}
+
+impl Leases {
+    pub fn new(epoch: Instant) -> Leases {
+        Leases {
+            epoch,
+            deadlines: BTreeMap::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// Starts (or restarts) a lease of `ttl` seconds on `slot`, for the instance `at`.
+    pub fn start(&mut self, slot: &LeaseSlot, ttl: u32, at: InstanceRef, now: Instant) {
+        self.end(slot);
+        let deadline = self.millis(now) + u64::from(ttl) * 1000;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        slot.deadline_ms.store(deadline, Ordering::Relaxed);
+        slot.seq.store(seq, Ordering::Relaxed);
+        self.deadlines.insert((deadline, seq), at);
+    }
+
+    /// Ends the lease on `slot`, if it has one.
+    pub fn end(&mut self, slot: &LeaseSlot) {
+        if let Some(key) = slot.key() {
+            self.deadlines.remove(&key);
+            slot.deadline_ms.store(NONE, Ordering::Relaxed);
+        }
+    }
+
+    /// When the earliest lease ends.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let (&(deadline, _), _) = self.deadlines.first_key_value()?;
+        Some(self.epoch + Duration::from_millis(deadline))
+    }
+
+    /// Takes the earliest lease if it has ended by `now`. The caller removes the
+    /// instance, which ends its slot.
+    pub fn pop_due(&mut self, now: Instant) -> Option<InstanceRef> {
+        let now_ms = self.millis(now);
+        let entry = self.deadlines.first_entry()?;
+        if entry.key().0 > now_ms {
+            return None;
+        }
+        Some(entry.remove())
+    }
+
+    pub fn len(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deadlines.is_empty()
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+}

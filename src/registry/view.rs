@@ -1,0 +1,839 @@
+//! The registry's read model: every instance, indexed the ways readers look them up,
+//! published as immutable snapshots.
+//!
+//! Readers (DNS answering, `list`, `watch`) hold an `Arc<View>` and never wait for the
+//! writer; the writer changes its own copy and publishes it after each batch (DESIGN §5).
+//! A change costs what it changes:
+//! - zones index their services in persistent maps (`imbl`), so adding or removing a
+//!   service copies a few tree nodes, never the zone;
+//! - a service's groups (all its instances, those of a protocol, those with a tag) are
+//!   sorted vectors of shared entries behind `Arc`s, copied on the first write after a
+//!   publish and changed in place for the rest of the batch, so a batch costs one
+//!   pointer copy of each group it touches, however many of its instances change;
+//! - the zone-wide sets behind DNS-SD's service list and the empty non-terminals
+//!   `_tcp.Z` and `_T.Z` are counted as services come and go, never recomputed.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::leases::LeaseSlot;
+use super::model::{Instance, Label, Proto};
+use super::{ConnectionId, RegistryError};
+
+/// One registered instance as readers see it.
+#[derive(Debug)]
+pub struct Entry {
+    pub instance: Instance,
+    /// TTL of the instance's DNS records: its `dns_ttl`, or its zone's default.
+    pub dns_ttl: u32,
+    /// The registration connection an ephemeral instance lives with.
+    pub owner: Option<ConnectionId>,
+    pub lease: LeaseSlot,
+}
+
+impl Entry {
+    pub fn new(instance: Instance, zone_default_ttl: u32, owner: Option<ConnectionId>) -> Entry {
+        Entry {
+            dns_ttl: instance.dns_ttl.unwrap_or(zone_default_ttl),
+            owner: owner.filter(|_| instance.ephemeral),
+            instance,
+            lease: LeaseSlot::default(),
+        }
+    }
+
+    pub fn id(&self) -> &Label {
+        &self.instance.id
+    }
+}
+
+/// Names one instance within the registry without holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceRef {
+    /// Index of the zone in [`View::zones`].
+    pub zone: usize,
+    pub service: Label,
+    pub id: Label,
+}
+
+/// A counter that spreads clients over an RRset by rotating its order between
+/// responses. Cloning a group copies the position, so a change does not restart it.
+#[derive(Debug, Default)]
+pub struct Rotation(AtomicU32);
+
+impl Rotation {
+    /// The next starting position, for a set of `len` records (`len` > 0).
+    pub fn next(&self, len: usize) -> usize {
+        self.0.fetch_add(1, Ordering::Relaxed) as usize % len.max(1)
+    }
+}
+
+impl Clone for Rotation {
+    fn clone(&self) -> Self {
+        Rotation(AtomicU32::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Instances that answer under one name, sorted by id, with the distinct addresses
+/// they contribute (an RRset is a set: two instances sharing an address give one
+/// record) and their record TTLs (an RRset has one TTL, the smallest).
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    members: Arc<Vec<Arc<Entry>>>,
+    /// Distinct addresses with the number of members that have each, sorted.
+    v4: Arc<Vec<(Ipv4Addr, u32)>>,
+    v6: Arc<Vec<(Ipv6Addr, u32)>>,
+    /// Distinct record TTLs with their member counts, smallest first.
+    ttls: Arc<Vec<(u32, u32)>>,
+    rotation: Rotation,
+}
+
+impl Group {
+    pub fn members(&self) -> &[Arc<Entry>] {
+        &self.members
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Entry>> {
+        let index = self.position(id).ok()?;
+        self.members.get(index)
+    }
+
+    /// The distinct IPv4 addresses of the members, sorted, each with the number of
+    /// members that have it.
+    pub fn v4(&self) -> &[(Ipv4Addr, u32)] {
+        &self.v4
+    }
+
+    /// The distinct IPv6 addresses, as [`Group::v4`].
+    pub fn v6(&self) -> &[(Ipv6Addr, u32)] {
+        &self.v6
+    }
+
+    /// The TTL of the group's address records: the smallest of its members'.
+    pub fn min_ttl(&self) -> u32 {
+        self.ttls.first().map_or(0, |(ttl, _)| *ttl)
+    }
+
+    pub fn rotation(&self) -> &Rotation {
+        &self.rotation
+    }
+
+    fn position(&self, id: &str) -> Result<usize, usize> {
+        self.members
+            .binary_search_by(|entry| entry.id().as_str().cmp(id))
+    }
+
+    /// Adds an entry whose id is not in the group.
+    fn insert(&mut self, entry: &Arc<Entry>) {
+        let index = match self.position(entry.id().as_str()) {
+            Ok(index) | Err(index) => index,
+        };
+        Arc::make_mut(&mut self.members).insert(index, entry.clone());
+        for address in entry.instance.addresses.iter() {
+            match address {
+                IpAddr::V4(v4) => count_in(Arc::make_mut(&mut self.v4), *v4),
+                IpAddr::V6(v6) => count_in(Arc::make_mut(&mut self.v6), *v6),
+            }
+        }
+        count_in(Arc::make_mut(&mut self.ttls), entry.dns_ttl);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Arc<Entry>> {
+        let index = self.position(id).ok()?;
+        let entry = Arc::make_mut(&mut self.members).remove(index);
+        for address in entry.instance.addresses.iter() {
+            match address {
+                IpAddr::V4(v4) => count_out(Arc::make_mut(&mut self.v4), v4),
+                IpAddr::V6(v6) => count_out(Arc::make_mut(&mut self.v6), v6),
+            }
+        }
+        count_out(Arc::make_mut(&mut self.ttls), &entry.dns_ttl);
+        Some(entry)
+    }
+}
+
+/// Adds one to `value`'s count in a sorted multiset.
+fn count_in<T: Ord>(counts: &mut Vec<(T, u32)>, value: T) {
+    match counts.binary_search_by(|(v, _)| v.cmp(&value)) {
+        Ok(index) => counts[index].1 += 1,
+        Err(index) => counts.insert(index, (value, 1)),
+    }
+}
+
+/// Takes one from `value`'s count, dropping it at zero.
+fn count_out<T: Ord>(counts: &mut Vec<(T, u32)>, value: &T) {
+    if let Ok(index) = counts.binary_search_by(|(v, _)| v.cmp(value)) {
+        counts[index].1 -= 1;
+        if counts[index].1 == 0 {
+            counts.remove(index);
+        }
+    }
+}
+
+/// The instances of a service split by protocol. Nearly every service uses one
+/// protocol, and then its protocol group *is* its group of all instances, so it costs
+/// nothing; only a service that mixes both keeps two more groups.
+#[derive(Debug, Clone)]
+enum Protos {
+    Single(Proto),
+    Mixed([Group; 2]),
+}
+
+/// One service of a zone: its instances, grouped as DNS names need them.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Every instance, by id: `S.Z`, `I.S.Z`, `list`.
+    all: Group,
+    protos: Protos,
+    /// Instances carrying each tag: `T.S.Z`, `_S._T.Z`, `_T._sub._S._P.Z`.
+    tags: Arc<BTreeMap<Label, Group>>,
+    /// Instances of each protocol with at least one tag: whether `_sub._S._P.Z` exists.
+    tagged: [u32; 2],
+}
+
+impl Service {
+    fn new(proto: Proto) -> Service {
+        Service {
+            all: Group::default(),
+            protos: Protos::Single(proto),
+            tags: Arc::default(),
+            tagged: [0; 2],
+        }
+    }
+
+    pub fn all(&self) -> &Group {
+        &self.all
+    }
+
+    pub fn instance(&self, id: &str) -> Option<&Arc<Entry>> {
+        self.all.get(id)
+    }
+
+    /// The instances of one protocol (`_S._P.Z`), if it has any.
+    pub fn proto(&self, proto: Proto) -> Option<&Group> {
+        match &self.protos {
+            Protos::Single(only) => (*only == proto).then_some(&self.all),
+            Protos::Mixed(groups) => Some(&groups[proto.index()]),
+        }
+    }
+
+    pub fn tag(&self, tag: &str) -> Option<&Group> {
+        self.tags.get(tag)
+    }
+
+    pub fn tags(&self) -> impl Iterator<Item = &Label> {
+        self.tags.keys()
+    }
+
+    /// The instances of `proto` tagged `tag` (`_T._sub._S._P.Z`), in id order.
+    pub fn subtype<'a>(
+        &'a self,
+        proto: Proto,
+        tag: &str,
+    ) -> impl Iterator<Item = &'a Arc<Entry>> + Clone + 'a {
+        let mixed = matches!(self.protos, Protos::Mixed(_));
+        let tagged = match self.proto(proto) {
+            Some(_) => self.tag(tag).map(Group::members).unwrap_or_default(),
+            None => &[],
+        };
+        tagged
+            .iter()
+            .filter(move |entry| !mixed || entry.instance.proto == proto)
+    }
+
+    /// Whether some instance of `proto` has a tag (`_sub._S._P.Z` exists).
+    pub fn has_subtypes(&self, proto: Proto) -> bool {
+        self.tagged[proto.index()] > 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    fn uses(&self, proto: Proto) -> bool {
+        self.proto(proto).is_some_and(|group| !group.is_empty())
+    }
+
+    /// Adds an entry whose id is not in the service; returns the tags it brings that
+    /// the service did not have.
+    fn insert(&mut self, entry: &Arc<Entry>) -> Vec<Label> {
+        let proto = entry.instance.proto;
+        let was_empty = self.all.is_empty();
+        match &mut self.protos {
+            Protos::Single(only) if *only == proto || was_empty => *only = proto,
+            Protos::Single(only) => {
+                let mut groups = [Group::default(), Group::default()];
+                groups[only.index()] = self.all.clone();
+                groups[proto.index()].insert(entry);
+                self.protos = Protos::Mixed(groups);
+            }
+            Protos::Mixed(groups) => groups[proto.index()].insert(entry),
+        }
+        self.all.insert(entry);
+        let mut new_tags = Vec::new();
+        if !entry.instance.tags.is_empty() {
+            self.tagged[proto.index()] += 1;
+            let tags = Arc::make_mut(&mut self.tags);
+            for tag in entry.instance.tags.iter() {
+                let group = tags.entry(tag.clone()).or_insert_with(|| {
+                    new_tags.push(tag.clone());
+                    Group::default()
+                });
+                group.insert(entry);
+            }
+        }
+        new_tags
+    }
+
+    /// Removes an instance; returns it and the tags the service no longer has.
+    fn remove(&mut self, id: &str) -> Option<(Arc<Entry>, Vec<Label>)> {
+        let entry = self.all.remove(id)?;
+        let proto = entry.instance.proto;
+        if let Protos::Mixed(groups) = &mut self.protos {
+            groups[proto.index()].remove(id);
+            if groups[proto.index()].is_empty() {
+                let other = Proto::ALL[1 - proto.index()];
+                self.protos = Protos::Single(other);
+            }
+        }
+        let mut gone_tags = Vec::new();
+        if !entry.instance.tags.is_empty() {
+            self.tagged[proto.index()] -= 1;
+            let tags = Arc::make_mut(&mut self.tags);
+            for tag in entry.instance.tags.iter() {
+                if let Some(group) = tags.get_mut(tag.as_str()) {
+                    group.remove(id);
+                    if group.is_empty() {
+                        tags.remove(tag.as_str());
+                        gone_tags.push(tag.clone());
+                    }
+                }
+            }
+        }
+        Some((entry, gone_tags))
+    }
+}
+
+/// Settings of a zone that registrations depend on.
+#[derive(Debug, Clone)]
+pub struct ZoneSettings {
+    /// Canonical origin: lowercase, fully qualified (`svc.internal.`).
+    pub origin: Arc<str>,
+    /// Record TTL of instances that set no `dns_ttl`.
+    pub default_ttl: u32,
+}
+
+/// Every registered instance of one zone.
+#[derive(Debug, Clone)]
+pub struct ZoneView {
+    settings: Arc<ZoneSettings>,
+    /// Grows with every batch that changes the zone; the SOA serial is built from it.
+    revision: u64,
+    services: imbl::HashMap<Label, Arc<Service>>,
+    /// `(S, P)` of every service with instances of protocol P, in order: the PTRs of
+    /// `_services._dns-sd._udp.Z`.
+    service_types: imbl::OrdSet<(Label, Proto)>,
+    /// Services using each protocol: whether `_tcp.Z` / `_udp.Z` exist.
+    proto_services: [u32; 2],
+    /// Services having each tag: whether `_T.Z` exists.
+    tag_services: imbl::HashMap<Label, u32>,
+    instances: usize,
+}
+
+impl ZoneView {
+    fn new(settings: ZoneSettings) -> ZoneView {
+        ZoneView {
+            settings: Arc::new(settings),
+            revision: 0,
+            services: imbl::HashMap::new(),
+            service_types: imbl::OrdSet::new(),
+            proto_services: [0; 2],
+            tag_services: imbl::HashMap::new(),
+            instances: 0,
+        }
+    }
+
+    pub fn origin(&self) -> &Arc<str> {
+        &self.settings.origin
+    }
+
+    pub fn settings(&self) -> &ZoneSettings {
+        &self.settings
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name).map(|service| &**service)
+    }
+
+    /// A service with its name as registered.
+    pub fn service_named(&self, name: &str) -> Option<(&Label, &Service)> {
+        self.services
+            .get_key_value(name)
+            .map(|(label, service)| (label, &**service))
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = (&Label, &Service)> {
+        self.services
+            .iter()
+            .map(|(name, service)| (name, &**service))
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.instances
+    }
+
+    /// `(S, P)` for every `_S._P.Z` with instances, ordered by service then protocol.
+    pub fn service_types(&self) -> impl ExactSizeIterator<Item = &(Label, Proto)> {
+        self.service_types.iter()
+    }
+
+    pub fn proto_in_use(&self, proto: Proto) -> bool {
+        self.proto_services[proto.index()] > 0
+    }
+
+    pub fn tag_in_use(&self, tag: &str) -> bool {
+        self.tag_services.contains_key(tag)
+    }
+
+    /// An instance id and a tag of one service share the label space `X.S.Z`: refuses
+    /// an instance that would make a label both. Its own id and tags were checked by
+    /// [`Instance::validate`]; an instance it replaces cannot be in the way, since it
+    /// has the same id and never had that id as a tag.
+    pub fn check_labels(&self, service: &Label, instance: &Instance) -> Result<(), RegistryError> {
+        let Some(existing) = self.service(service.as_str()) else {
+            return Ok(());
+        };
+        if existing.tag(instance.id.as_str()).is_some() {
+            return Err(RegistryError::LabelConflict {
+                service: service.to_string(),
+                label: instance.id.to_string(),
+                detail: "another instance of the service has it as a tag",
+            });
+        }
+        if let Some(tag) = instance
+            .tags
+            .iter()
+            .find(|tag| existing.instance(tag.as_str()).is_some())
+        {
+            return Err(RegistryError::LabelConflict {
+                service: service.to_string(),
+                label: tag.to_string(),
+                detail: "it is the id of another instance of the service",
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces an instance; returns the one it replaced.
+    fn insert(&mut self, service: &Label, entry: Arc<Entry>) -> Option<Arc<Entry>> {
+        let previous = self.remove(service, entry.id().as_str());
+        let record = match self.services.get_mut(service.as_str()) {
+            Some(record) => record,
+            None => {
+                self.services.insert(
+                    service.clone(),
+                    Arc::new(Service::new(entry.instance.proto)),
+                );
+                self.services
+                    .get_mut(service.as_str())
+                    .expect("the service was just inserted")
+            }
+        };
+        let record = Arc::make_mut(record);
+        let used_before = Proto::ALL.map(|proto| record.uses(proto));
+        let new_tags = record.insert(&entry);
+        let used_after = Proto::ALL.map(|proto| record.uses(proto));
+        self.protos_changed(service, used_before, used_after);
+        for tag in new_tags {
+            *self.tag_services.entry(tag).or_insert(0) += 1;
+        }
+        self.instances += 1;
+        previous
+    }
+
+    /// Removes an instance; returns it.
+    fn remove(&mut self, service: &Label, id: &str) -> Option<Arc<Entry>> {
+        let record = Arc::make_mut(self.services.get_mut(service.as_str())?);
+        let used_before = Proto::ALL.map(|proto| record.uses(proto));
+        let (entry, gone_tags) = record.remove(id)?;
+        let used_after = Proto::ALL.map(|proto| record.uses(proto));
+        if record.is_empty() {
+            self.services.remove(service.as_str());
+        }
+        self.protos_changed(service, used_before, used_after);
+        for tag in gone_tags {
+            if let Some(count) = self.tag_services.get_mut(tag.as_str()) {
+                *count -= 1;
+                if *count == 0 {
+                    self.tag_services.remove(tag.as_str());
+                }
+            }
+        }
+        self.instances -= 1;
+        Some(entry)
+    }
+
+    fn protos_changed(&mut self, service: &Label, before: [bool; 2], after: [bool; 2]) {
+        for proto in Proto::ALL {
+            let i = proto.index();
+            match (before[i], after[i]) {
+                (false, true) => {
+                    self.proto_services[i] += 1;
+                    self.service_types.insert((service.clone(), proto));
+                }
+                (true, false) => {
+                    self.proto_services[i] -= 1;
+                    self.service_types.remove(&(service.clone(), proto));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every zone's instances: one consistent version of the registry.
+#[derive(Debug, Clone)]
+pub struct View {
+    zones: Vec<ZoneView>,
+    /// Origin of the lease clocks of every entry (see [`LeaseSlot`]).
+    epoch: Instant,
+}
+
+impl View {
+    pub fn new(zones: Vec<ZoneSettings>, epoch: Instant) -> View {
+        View {
+            zones: zones.into_iter().map(ZoneView::new).collect(),
+            epoch,
+        }
+    }
+
+    pub fn zones(&self) -> &[ZoneView] {
+        &self.zones
+    }
+
+    pub fn zone(&self, index: usize) -> Option<&ZoneView> {
+        self.zones.get(index)
+    }
+
+    pub fn zone_index(&self, origin: &str) -> Option<usize> {
+        self.zones
+            .iter()
+            .position(|zone| &**zone.origin() == origin)
+    }
+
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    pub fn entry(&self, at: &InstanceRef) -> Option<&Arc<Entry>> {
+        self.zone(at.zone)?
+            .service(at.service.as_str())?
+            .instance(at.id.as_str())
+    }
+
+    /// Adds or replaces an instance in zone `zone` (an index from [`View::zone_index`]);
+    /// returns the one it replaced.
+    pub fn insert(
+        &mut self,
+        zone: usize,
+        service: &Label,
+        entry: Arc<Entry>,
+    ) -> Option<Arc<Entry>> {
+        self.zones.get_mut(zone)?.insert(service, entry)
+    }
+
+    pub fn remove(&mut self, at: &InstanceRef) -> Option<Arc<Entry>> {
+        self.zones
+            .get_mut(at.zone)?
+            .remove(&at.service, at.id.as_str())
+    }
+
+    /// Marks a zone as changed by the current batch.
+    pub fn bump_revision(&mut self, zone: usize) {
+        if let Some(zone) = self.zones.get_mut(zone) {
+            zone.revision += 1;
+        }
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.zones.iter().map(ZoneView::instance_count).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The incremental structures must always equal what a from-scratch build of the
+    //! same instances gives. `Digest` is the canonical content of a view; `rebuild`
+    //! computes it directly from a list of instances, independently of the code above.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::model::{LabelKind, Meta};
+
+    #[derive(Debug, PartialEq, Eq, Default)]
+    struct GroupDigest {
+        ids: Vec<String>,
+        v4: Vec<(Ipv4Addr, u32)>,
+        v6: Vec<(Ipv6Addr, u32)>,
+        ttls: Vec<(u32, u32)>,
+    }
+
+    #[derive(Debug, PartialEq, Eq, Default)]
+    struct ServiceDigest {
+        all: GroupDigest,
+        protos: BTreeMap<Proto, GroupDigest>,
+        tags: BTreeMap<String, GroupDigest>,
+        subtypes: BTreeMap<(Proto, String), Vec<String>>,
+        has_subtypes: BTreeSet<Proto>,
+    }
+
+    #[derive(Debug, PartialEq, Eq, Default)]
+    struct ZoneDigest {
+        services: BTreeMap<String, ServiceDigest>,
+        service_types: Vec<(String, Proto)>,
+        protos_in_use: BTreeSet<Proto>,
+        tags_in_use: BTreeSet<String>,
+        instances: usize,
+    }
+
+    fn digest_group(group: &Group) -> GroupDigest {
+        GroupDigest {
+            ids: group.members().iter().map(|e| e.id().to_string()).collect(),
+            v4: group.v4.to_vec(),
+            v6: group.v6.to_vec(),
+            ttls: group.ttls.to_vec(),
+        }
+    }
+
+    fn digest(zone: &ZoneView) -> ZoneDigest {
+        let mut out = ZoneDigest {
+            service_types: zone
+                .service_types()
+                .map(|(s, p)| (s.to_string(), *p))
+                .collect(),
+            instances: zone.instance_count(),
+            ..ZoneDigest::default()
+        };
+        for (name, service) in zone.services() {
+            let mut d = ServiceDigest {
+                all: digest_group(service.all()),
+                ..ServiceDigest::default()
+            };
+            for proto in Proto::ALL {
+                if let Some(group) = service.proto(proto) {
+                    d.protos.insert(proto, digest_group(group));
+                    out.protos_in_use.insert(proto);
+                }
+                if service.has_subtypes(proto) {
+                    d.has_subtypes.insert(proto);
+                }
+                for tag in service.tags() {
+                    let ids: Vec<String> = service
+                        .subtype(proto, tag.as_str())
+                        .map(|e| e.id().to_string())
+                        .collect();
+                    if !ids.is_empty() {
+                        d.subtypes.insert((proto, tag.to_string()), ids);
+                    }
+                }
+            }
+            for tag in service.tags() {
+                d.tags.insert(
+                    tag.to_string(),
+                    digest_group(service.tag(tag.as_str()).unwrap()),
+                );
+                out.tags_in_use.insert(tag.to_string());
+                assert!(zone.tag_in_use(tag.as_str()));
+            }
+            out.services.insert(name.to_string(), d);
+        }
+        for proto in Proto::ALL {
+            assert_eq!(zone.proto_in_use(proto), out.protos_in_use.contains(&proto));
+        }
+        out
+    }
+
+    /// The digest of a zone holding exactly `instances`, computed without the view.
+    fn rebuild(instances: &BTreeMap<(String, String), Arc<Entry>>) -> ZoneDigest {
+        fn group_of<'a>(entries: impl Iterator<Item = &'a Arc<Entry>>) -> GroupDigest {
+            let mut d = GroupDigest::default();
+            let mut v4 = BTreeMap::new();
+            let mut v6 = BTreeMap::new();
+            let mut ttls = BTreeMap::new();
+            for entry in entries {
+                d.ids.push(entry.id().to_string());
+                for address in entry.instance.addresses.iter() {
+                    match address {
+                        IpAddr::V4(a) => *v4.entry(*a).or_insert(0) += 1,
+                        IpAddr::V6(a) => *v6.entry(*a).or_insert(0) += 1,
+                    }
+                }
+                *ttls.entry(entry.dns_ttl).or_insert(0) += 1;
+            }
+            d.v4 = v4.into_iter().collect();
+            d.v6 = v6.into_iter().collect();
+            d.ttls = ttls.into_iter().collect();
+            d
+        }
+        let mut out = ZoneDigest {
+            instances: instances.len(),
+            ..ZoneDigest::default()
+        };
+        let mut by_service: BTreeMap<&str, Vec<&Arc<Entry>>> = BTreeMap::new();
+        for ((service, _), entry) in instances {
+            by_service.entry(service).or_default().push(entry);
+        }
+        for (service, entries) in by_service {
+            let mut d = ServiceDigest {
+                all: group_of(entries.iter().copied()),
+                ..ServiceDigest::default()
+            };
+            let tags: BTreeSet<&str> = entries
+                .iter()
+                .flat_map(|e| e.instance.tags.iter().map(Label::as_str))
+                .collect();
+            for proto in Proto::ALL {
+                let of_proto: Vec<&Arc<Entry>> = entries
+                    .iter()
+                    .copied()
+                    .filter(|e| e.instance.proto == proto)
+                    .collect();
+                if of_proto.is_empty() {
+                    continue;
+                }
+                d.protos.insert(proto, group_of(of_proto.iter().copied()));
+                out.service_types.push((service.to_string(), proto));
+                out.protos_in_use.insert(proto);
+                for tag in &tags {
+                    let ids: Vec<String> = of_proto
+                        .iter()
+                        .filter(|e| e.instance.has_tag(tag))
+                        .map(|e| e.id().to_string())
+                        .collect();
+                    if !ids.is_empty() {
+                        d.subtypes.insert((proto, tag.to_string()), ids);
+                        d.has_subtypes.insert(proto);
+                    }
+                }
+            }
+            for tag in tags {
+                d.tags.insert(
+                    tag.to_string(),
+                    group_of(entries.iter().copied().filter(|e| e.instance.has_tag(tag))),
+                );
+                out.tags_in_use.insert(tag.to_string());
+            }
+            out.services.insert(service.to_string(), d);
+        }
+        out
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register {
+            service: u8,
+            id: u8,
+            address: u8,
+            v6: bool,
+            udp: bool,
+            tags: Vec<u8>,
+            dns_ttl: Option<u8>,
+        },
+        Remove {
+            service: u8,
+            id: u8,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..4u8, 0..6u8, 0..4u8, any::<bool>(), prop::bool::weighted(0.2),
+                  prop::collection::vec(0..3u8, 0..3), prop::option::of(0..3u8))
+                .prop_map(|(service, id, address, v6, udp, tags, dns_ttl)| Op::Register {
+                    service, id, address, v6, udp, tags, dns_ttl,
+                }),
+            2 => (0..4u8, 0..6u8).prop_map(|(service, id)| Op::Remove { service, id }),
+        ]
+    }
+
+    fn label(text: String) -> Label {
+        Label::parse(&text, LabelKind::Id).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn incremental_view_equals_a_rebuild(ops in prop::collection::vec(op(), 1..120)) {
+            let settings = ZoneSettings { origin: Arc::from("svc.internal."), default_ttl: 5 };
+            let mut view = View::new(vec![settings], Instant::now());
+            // Published snapshots must never change under later writes.
+            let mut snapshots: Vec<(Arc<View>, ZoneDigest)> = Vec::new();
+            let mut model: BTreeMap<(String, String), Arc<Entry>> = BTreeMap::new();
+            for (step, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Register { service, id, address, v6, udp, tags, dns_ttl } => {
+                        let service_label = label(format!("s{service}"));
+                        let instance = Instance {
+                            id: label(format!("i{id}")),
+                            addresses: vec![if v6 {
+                                IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(address)))
+                            } else {
+                                IpAddr::V4(Ipv4Addr::new(10, 0, 0, address))
+                            }].into_boxed_slice(),
+                            port: 80,
+                            proto: if udp { Proto::Udp } else { Proto::Tcp },
+                            priority: 1,
+                            weight: 1,
+                            tags: tags.iter().map(|t| label(format!("t{t}")))
+                                .collect::<BTreeSet<_>>().into_iter().collect(),
+                            meta: Meta::default(),
+                            dns_ttl: dns_ttl.map(u32::from),
+                            ttl: None,
+                            ephemeral: false,
+                        };
+                        if view.zones[0].check_labels(&service_label, &instance).is_err() {
+                            continue;
+                        }
+                        let entry = Arc::new(Entry::new(instance, 5, None));
+                        model.insert((service_label.to_string(), entry.id().to_string()), entry.clone());
+                        view.insert(0, &service_label, entry);
+                    }
+                    Op::Remove { service, id } => {
+                        let at = InstanceRef { zone: 0, service: label(format!("s{service}")), id: label(format!("i{id}")) };
+                        let removed = view.remove(&at);
+                        let expected = model.remove(&(at.service.to_string(), at.id.to_string()));
+                        prop_assert_eq!(removed.is_some(), expected.is_some());
+                    }
+                }
+                prop_assert_eq!(digest(&view.zones[0]), rebuild(&model), "after step {}", step);
+                if step % 7 == 0 {
+                    snapshots.push((Arc::new(view.clone()), rebuild(&model)));
+                }
+            }
+            for (snapshot, expected) in snapshots {
+                prop_assert_eq!(digest(&snapshot.zones[0]), expected);
+            }
+        }
+    }
+}
