@@ -40,13 +40,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite>(shared: Arc<Shared>, stream: S) {
     let (read, write) = tokio::io::split(stream);
     let (queue, pending) = mpsc::channel(PIPELINE_DEPTH);
     let (reading_done, reading_done_rx) = watch::channel(false);
+    let mut registered = false;
     let reading = async {
-        let result = read_requests(&shared, connection, read, queue).await;
+        let result = read_requests(&shared, connection, read, queue, &mut registered).await;
         let _ = reading_done.send(true);
         result
     };
     let replying = write_replies(&shared, write, pending, reading_done_rx);
-    let (read_result, (write_result, registered)) = tokio::join!(reading, replying);
+    let (read_result, write_result) = tokio::join!(reading, replying);
     for error in [read_result.err(), write_result.err()]
         .into_iter()
         .flatten()
@@ -60,12 +61,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite>(shared: Arc<Shared>, stream: S) {
 
 /// Reads request lines and queues their pending replies, until the client closes its
 /// side, the replying half stops, or the server shuts down. After a `watch`, lines are
-/// read and ignored: that is how the end of a watcher is noticed.
+/// read and ignored: that is how the end of a watcher is noticed. Sets `registered`
+/// once a registration was queued (the connection's ephemeral instances then need
+/// releasing, whether or not their replies could be written).
 async fn read_requests<R: AsyncRead + Unpin>(
     shared: &Shared,
     connection: u64,
     read: R,
     queue: mpsc::Sender<PendingReply>,
+    registered: &mut bool,
 ) -> io::Result<()> {
     let mut lines = LineReader::new(read, MAX_LINE);
     let mut shutdown = shared.shutdown.clone();
@@ -84,58 +88,51 @@ async fn read_requests<R: AsyncRead + Unpin>(
             Line::Complete(text) => handle_line(&shared.registry, connection, text.trim_ascii()),
         };
         watching = matches!(pending, PendingReply::Watch(_));
+        *registered |= matches!(pending, PendingReply::Change { op: "register", .. });
         if queue.send(pending).await.is_err() {
             return Ok(());
         }
     }
 }
 
-/// Writes replies in request order, flushing whenever no more are ready. Returns
-/// whether the connection registered anything (its ephemeral instances need releasing).
+/// Writes replies in request order, flushing whenever no more are ready.
 async fn write_replies<W: AsyncWrite + Unpin>(
     shared: &Shared,
     write: W,
     mut pending: mpsc::Receiver<PendingReply>,
     reading_done: watch::Receiver<bool>,
-) -> (io::Result<()>, bool) {
+) -> io::Result<()> {
     let mut out = BufWriter::new(write);
-    let mut registered = false;
     let mut shutdown = shared.shutdown.clone();
-    let result = async {
-        loop {
-            let next = tokio::select! {
-                next = pending.recv() => next,
-                _ = shutdown.changed() => return Ok(()),
-            };
-            let Some(next) = next else {
-                return out.flush().await;
-            };
-            match next {
-                PendingReply::Ready(reply) => write_json(&mut out, &reply).await?,
-                PendingReply::Change { op, key, ack } => {
-                    registered |= op == "register";
-                    let reply = protocol::change_reply(op, key, ack).await;
-                    write_json(&mut out, &reply).await?;
-                }
-                PendingReply::List(filter) => {
-                    let snapshot = shared.registry.snapshot();
-                    let reply = off_thread(move || {
-                        protocol::listing_reply("list", &snapshot, filter.as_ref())
-                    })
-                    .await;
-                    write_json(&mut out, &reply).await?;
-                }
-                PendingReply::Watch(filter) => {
-                    return stream_events(shared, &mut out, filter, reading_done).await;
-                }
+    loop {
+        let next = tokio::select! {
+            next = pending.recv() => next,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let Some(next) = next else {
+            return out.flush().await;
+        };
+        match next {
+            PendingReply::Ready(reply) => write_json(&mut out, &reply).await?,
+            PendingReply::Change { op, key, ack } => {
+                let reply = protocol::change_reply(op, key, ack).await;
+                write_json(&mut out, &reply).await?;
             }
-            if pending.is_empty() {
-                out.flush().await?;
+            PendingReply::List(filter) => {
+                let snapshot = shared.registry.snapshot();
+                let reply =
+                    off_thread(move || protocol::listing_reply("list", &snapshot, filter.as_ref()))
+                        .await;
+                write_json(&mut out, &reply).await?;
+            }
+            PendingReply::Watch(filter) => {
+                return stream_events(shared, &mut out, filter, reading_done).await;
             }
         }
+        if pending.is_empty() {
+            out.flush().await?;
+        }
     }
-    .await;
-    (result, registered)
 }
 
 /// Sends the current instances, then every change, until the client goes away, the
