@@ -23,11 +23,21 @@ use crate::registry::view::{Entry, Rotation};
 use crate::registry::{Label, Proto};
 
 /// Builds a response's answer and additional sections, measuring as it goes.
+///
+/// Measuring means encoding, which costs as much as the response itself, so while the
+/// records' uncompressed sizes add up to less than the room, nothing is encoded: a
+/// compressed response can only be smaller. Only an answer that may not fit is encoded,
+/// exactly as hickory will encode it, from its first record on.
 pub struct Fitter<'b> {
     encoder: BinEncoder<'b>,
+    question: &'b Query,
     /// Most bytes the sections may take, header and question included; `None` when
     /// nothing is measured.
     room: Option<usize>,
+    /// Upper bound of the response's size so far, while not `exact`.
+    bound: usize,
+    /// Every record so far is in `encoder`, and sizes are exact.
+    exact: bool,
     answers: Vec<Record>,
     additionals: Vec<Record>,
     /// No more records go in: the answer overflowed, or an additional RRset did not fit.
@@ -39,36 +49,14 @@ pub struct Fitter<'b> {
 impl<'b> Fitter<'b> {
     /// A response to `question` of at most `room` bytes (`None`: no limit). `buffer` is
     /// scratch space for the measurement.
-    pub fn new(buffer: &'b mut Vec<u8>, question: &Query, room: Option<usize>) -> Fitter<'b> {
+    pub fn new(buffer: &'b mut Vec<u8>, question: &'b Query, room: Option<usize>) -> Fitter<'b> {
         buffer.clear();
-        let mut encoder = BinEncoder::new(buffer);
-        if room.is_some() {
-            // hickory copies the client's question verbatim and never compresses later
-            // names against it, so it goes in as opaque bytes of the same length.
-            let mut encoded = Vec::with_capacity(64);
-            let header_and_question = question
-                .emit(&mut BinEncoder::new(&mut encoded))
-                .and_then(|()| encoder.emit_vec(&[0; 12]))
-                .and_then(|()| encoder.emit_vec(&encoded));
-            if header_and_question.is_err() {
-                // An unencodable question: let hickory's encoder decide alone.
-                return Fitter::unmeasured(encoder);
-            }
-        }
         Fitter {
-            encoder,
+            encoder: BinEncoder::new(buffer),
+            question,
             room,
-            answers: Vec::new(),
-            additionals: Vec::new(),
-            full: false,
-            truncated: false,
-        }
-    }
-
-    fn unmeasured(encoder: BinEncoder<'b>) -> Fitter<'b> {
-        Fitter {
-            encoder,
-            room: None,
+            bound: HEADER_LEN + wire_len(question.name()) + 4,
+            exact: false,
             answers: Vec::new(),
             additionals: Vec::new(),
             full: false,
@@ -79,6 +67,7 @@ impl<'b> Fitter<'b> {
     /// Adds an answer record; false once the answer section has overflowed. The record
     /// that overflows is kept, so that hickory's encoder overflows on it too and sets TC.
     pub fn answer(&mut self, record: Record) -> bool {
+        debug_assert!(self.additionals.is_empty(), "answers go before additionals");
         if self.full {
             return false;
         }
@@ -129,11 +118,69 @@ impl<'b> Fitter<'b> {
     }
 
     fn measure(&mut self, record: &Record) -> bool {
-        match self.room {
-            None => true,
-            Some(room) => record.emit(&mut self.encoder).is_ok() && self.encoder.len() <= room,
+        let Some(room) = self.room else {
+            return true;
+        };
+        if !self.exact {
+            if let Some(size) = upper_bound(record) {
+                if self.bound + size <= room {
+                    self.bound += size;
+                    return true;
+                }
+            }
+            if !self.start_exact() {
+                return false;
+            }
         }
+        record.emit(&mut self.encoder).is_ok() && self.encoder.len() <= room
     }
+
+    /// Encodes the header, the question and every record so far, as hickory will.
+    fn start_exact(&mut self) -> bool {
+        self.exact = true;
+        // hickory copies the client's question verbatim and never compresses later
+        // names against it, so it goes in as opaque bytes of the same length.
+        let mut question = Vec::with_capacity(64);
+        let encoded = self
+            .question
+            .emit(&mut BinEncoder::new(&mut question))
+            .and_then(|()| self.encoder.emit_vec(&[0; HEADER_LEN]))
+            .and_then(|()| self.encoder.emit_vec(&question))
+            .and_then(|()| {
+                for record in self.answers.iter().chain(&self.additionals) {
+                    record.emit(&mut self.encoder)?;
+                }
+                Ok(())
+            });
+        encoded.is_ok()
+    }
+}
+
+/// A DNS message header (RFC 1035 §4.1.1).
+const HEADER_LEN: usize = 12;
+
+/// Length of `name` on the wire, uncompressed.
+pub fn wire_len(name: &Name) -> usize {
+    name.iter().map(|label| label.len() + 1).sum::<usize>() + 1
+}
+
+/// The most bytes `record` can take in a message (its size without compression), for
+/// the types svcdns serves; `None` for others, which are then measured.
+fn upper_bound(record: &Record) -> Option<usize> {
+    let rdata = match &record.data {
+        RData::A(_) => 4,
+        RData::AAAA(_) => 16,
+        RData::SRV(srv) => 6 + wire_len(&srv.target),
+        RData::PTR(ptr) => wire_len(&ptr.0),
+        RData::CNAME(cname) => wire_len(&cname.0),
+        RData::NS(ns) => wire_len(&ns.0),
+        RData::MX(mx) => 2 + wire_len(&mx.exchange),
+        RData::TXT(txt) => txt.txt_data.iter().map(|s| s.len() + 1).sum(),
+        RData::SOA(soa) => wire_len(&soa.mname) + wire_len(&soa.rname) + 20,
+        _ => return None,
+    };
+    // Owner, type, class, TTL, RDLENGTH, RDATA (RFC 1035 §4.1.3).
+    Some(wire_len(&record.name) + 10 + rdata)
 }
 
 /// How an answer drawn from many instances is cut down, if at all.

@@ -16,7 +16,7 @@ use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::zone_handler::LookupError;
 
 use super::naming::{self, Resolution};
-use super::records::{self, Fitter, Sampling};
+use super::records::{self, wire_len, Fitter, Sampling};
 use super::zone_file::{SoaSpec, ZoneSpec};
 use crate::registry::view::Rotation;
 use crate::registry::{Instance, Label, RegistryError, View, ZoneSettings};
@@ -401,9 +401,4 @@ fn static_owner(origin: &Name, owner: &LowerName) -> Option<String> {
             .map(|s| String::from_utf8_lossy(s).into_owned());
     }
     Some(String::from_utf8_lossy(last).into_owned())
-}
-
-/// Length of `name` on the wire, uncompressed.
-fn wire_len(name: &Name) -> usize {
-    name.iter().map(|label| label.len() + 1).sum::<usize>() + 1
 }
