@@ -56,15 +56,38 @@ impl Svcdns {
         }
     }
 
+    /// Starts svcdns with these zone files and extra keys of the `dns:` section, one per
+    /// line without indentation (e.g. `"max_answer_records: 3"`). The harness writes
+    /// `dns:` itself (for `listen`), and a second `dns:` key in the file is an error.
+    pub fn with_dns_config(zones: &[(&str, &str)], dns_lines: &str) -> Svcdns {
+        match Svcdns::launch(zones, dns_lines, "") {
+            Ok(server) => server,
+            Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
+        }
+    }
+
     /// Starts svcdns; on failure returns what it printed to stderr.
     pub fn try_start(zones: &[(&str, &str)], extra_config: &str) -> Result<Svcdns, String> {
+        Svcdns::launch(zones, "", extra_config)
+    }
+
+    fn launch(
+        zones: &[(&str, &str)],
+        dns_lines: &str,
+        extra_config: &str,
+    ) -> Result<Svcdns, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("zones")).expect("zones dir");
         for (name, content) in zones {
             std::fs::write(dir.path().join("zones").join(name), content).expect("zone file");
         }
+        let dns_extra: String = dns_lines
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| format!("  {line}\n"))
+            .collect();
         let config = format!(
-            "dns:\n  listen: [\"127.0.0.1:0\"]\nregistration:\n  unix: svcdns.sock\n  tcp: 127.0.0.1:0\nzones_dir: zones\n{extra_config}"
+            "dns:\n  listen: [\"127.0.0.1:0\"]\n{dns_extra}registration:\n  unix: svcdns.sock\n  tcp: 127.0.0.1:0\nzones_dir: zones\n{extra_config}"
         );
         std::fs::write(dir.path().join("svcdns.yaml"), config).expect("config");
         let mut child = Command::new(BIN)
