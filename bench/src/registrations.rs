@@ -1,0 +1,112 @@
+//! `bench/registrations`: how fast acknowledged registrations go, over one and over
+//! eight pipelined connections, and how soon an acknowledged registration answers.
+
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+use crate::client::{self, pipeline_parallel, Session};
+use crate::dns::{name, Resolver};
+use crate::server::Server;
+use crate::{ms, option, quantile, Table};
+
+pub fn run(args: &[String]) {
+    let count: usize = option(args, "--count", 200_000);
+    let table = Table::new(
+        &format!(
+            "Acknowledged registrations ({count} instances, 10 per service, pipelined {} deep)",
+            client::WINDOW
+        ),
+        &[
+            "connections",
+            "seconds",
+            "registrations/s",
+            "ack p50 ms",
+            "ack p99 ms",
+            "refused",
+        ],
+    );
+    for connections in [1, 8] {
+        let server = Server::start(&format!("registrations-{connections}"), "");
+        let lines = (0..count)
+            .map(|i| {
+                let (service, instance) = (i / 10, i % 10);
+                client::register(
+                    &format!("svc{service}"),
+                    &format!("i{instance}"),
+                    address(i),
+                    8080,
+                    "",
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        let mut acks = pipeline_parallel(&server.unix, lines, connections);
+        let seconds = started.elapsed().as_secs_f64();
+        acks.check("registrations");
+        acks.latencies_us.sort_unstable();
+        table.row(&[
+            connections.to_string(),
+            format!("{seconds:.2}"),
+            format!("{:.0}", count as f64 / seconds),
+            ms(quantile(&acks.latencies_us, 0.5)),
+            ms(quantile(&acks.latencies_us, 0.99)),
+            acks.refused.to_string(),
+        ]);
+    }
+
+    // Ack-to-visible: one registration at a time into a small service; as soon as the
+    // acknowledgement arrives the same program asks DNS for the new instance.
+    let rounds: usize = option(args, "--visible", 5_000);
+    let server = Server::start("visible", "");
+    let mut session = Session::open(&server.unix);
+    let mut resolver = Resolver::new(server.dns);
+    let mut ack_us = Vec::with_capacity(rounds);
+    let mut visible_us = Vec::with_capacity(rounds);
+    let mut not_yet = 0;
+    for i in 0..rounds {
+        let id = format!("v{}", i % 20);
+        // Replace one of 20 instances with a new address each round.
+        let line = client::register("small", &id, address(i), 80, "");
+        let sent = Instant::now();
+        let reply = session.request(&line);
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        let acked = Instant::now();
+        ack_us.push((acked - sent).as_micros() as u64);
+        let wanted = address(i).to_string();
+        let host = name(&format!("{id}.small.svc.internal."));
+        loop {
+            let response = resolver.query(&host, RecordType::A);
+            let seen = response.as_ref().is_some_and(|r| {
+                r.metadata.response_code == ResponseCode::NoError
+                    && r.answers.iter().any(|a| a.data.to_string() == wanted)
+            });
+            if seen {
+                break;
+            }
+            not_yet += 1;
+        }
+        visible_us.push(acked.elapsed().as_micros() as u64);
+    }
+    ack_us.sort_unstable();
+    visible_us.sort_unstable();
+    let table = Table::new(
+        &format!("Acknowledged means resolvable ({rounds} re-registrations in a 20-instance service, one at a time)"),
+        &["ack p50 ms", "ack p99 ms", "ack-to-visible p50 ms", "ack-to-visible p99 ms", "queries that did not see it yet"],
+    );
+    table.row(&[
+        ms(quantile(&ack_us, 0.5)),
+        ms(quantile(&ack_us, 0.99)),
+        ms(quantile(&visible_us, 0.5)),
+        ms(quantile(&visible_us, 0.99)),
+        not_yet.to_string(),
+    ]);
+}
+
+/// A distinct address for every index (10.0.0.1 onwards, record data only).
+pub fn address(i: usize) -> Ipv4Addr {
+    let n = i as u32 + 1;
+    Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8)
+}

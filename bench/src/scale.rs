@@ -1,0 +1,257 @@
+//! `bench/scale`: load time, memory and DNS throughput at 3k, 100k and 1M instances,
+//! and the cost of one change in a registry of 10k services / a 10k-instance service.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::client::{self, pipeline_parallel, Session};
+use crate::registrations::address;
+use crate::server::Server;
+use crate::{ms, option, quantile, Table};
+
+/// The dataset of `../shared/bench/gen.py`: 1000 services `webS` x 3 instances.
+const BASE_SERVICES: usize = 1000;
+const BASE_INSTANCES: usize = 3;
+
+pub fn run(args: &[String]) {
+    let seconds: u64 = option(args, "--seconds", 8);
+    let sizes: Vec<usize> = option(args, "--sizes", "3000,100000,1000000".to_string())
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let queries = QueryFiles::write();
+    let dnsperf = Command::new("dnsperf").arg("-h").output().is_ok();
+    if !dnsperf {
+        eprintln!("dnsperf is not installed (apt-get install dnsperf): qps columns are left empty");
+    }
+    let table = Table::new(
+        &format!("Scale: the 3k dataset of ../shared/bench plus filler services of 10 instances; dnsperf -c 8 -q 500 -T 1 -l {seconds} on the 3k names"),
+        &["instances", "load s", "registrations/s", "RSS MiB", "bytes/instance", "qps SRV", "qps A", "qps mixed", "mixed vs 3k", "server CPU µs/query"],
+    );
+    let mut baseline_qps = None;
+    for total in sizes {
+        let server = Server::start(&format!("scale-{total}"), "");
+        let empty_rss = server.rss();
+        let lines = dataset(total);
+        let started = Instant::now();
+        let acks = pipeline_parallel(&server.unix, lines, 8);
+        let load = started.elapsed().as_secs_f64();
+        acks.check("load");
+        std::thread::sleep(Duration::from_secs(1));
+        let rss = server.rss();
+        let cpu_before = server.cpu_seconds();
+        let qps: Vec<Option<f64>> = [&queries.srv, &queries.a, &queries.mixed]
+            .iter()
+            .map(|file| {
+                dnsperf
+                    .then(|| run_dnsperf(&server, file, seconds))
+                    .flatten()
+            })
+            .collect();
+        let cpu = server.cpu_seconds() - cpu_before;
+        let answered: f64 = qps.iter().flatten().map(|q| q * seconds as f64).sum();
+        let cpu_per_query = if answered > 0.0 {
+            format!("{:.1}", cpu / answered * 1e6)
+        } else {
+            "-".into()
+        };
+        let mixed = qps[2];
+        if baseline_qps.is_none() {
+            baseline_qps = mixed;
+        }
+        let ratio = match (mixed, baseline_qps) {
+            (Some(m), Some(b)) if b > 0.0 => format!("{:.2}", m / b),
+            _ => "-".into(),
+        };
+        let show = |q: Option<f64>| q.map_or("-".into(), |q| format!("{q:.0}"));
+        table.row(&[
+            total.to_string(),
+            format!("{load:.2}"),
+            format!("{:.0}", total as f64 / load),
+            format!("{:.0}", rss as f64 / 1048576.0),
+            format!("{:.0}", rss.saturating_sub(empty_rss) as f64 / total as f64),
+            show(qps[0]),
+            show(qps[1]),
+            show(mixed),
+            ratio,
+            cpu_per_query,
+        ]);
+    }
+    change_latency(args);
+}
+
+/// Acknowledgement time of single changes in a big registry: one instance of a
+/// 10k-instance service, and a new service among 10k.
+fn change_latency(args: &[String]) {
+    let rounds: usize = option(args, "--changes", 2000);
+    let server = Server::start("changes", "");
+    let mut lines: Vec<String> = (0..10_000)
+        .map(|i| client::register("huge", &format!("h{i}"), address(i), 80, ""))
+        .collect();
+    lines.extend((0..10_000).map(|i| client::register(&format!("s{i}"), "i1", address(i), 80, "")));
+    pipeline_parallel(&server.unix, lines, 8).check("setup");
+    let mut session = Session::open(&server.unix);
+    let mut timed = |line: String| {
+        let sent = Instant::now();
+        let reply = session.request(&line);
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        sent.elapsed().as_micros() as u64
+    };
+    let mut in_huge: Vec<u64> = (0..rounds)
+        .map(|i| {
+            // Moves instance h{i} to a new address: a change to a 10k-instance service.
+            timed(client::register(
+                "huge",
+                &format!("h{}", i % 10_000),
+                address(20_000 + i),
+                80,
+                "",
+            ))
+        })
+        .collect();
+    let mut new_services: Vec<u64> = (0..rounds)
+        .map(|i| {
+            timed(client::register(
+                &format!("new{i}"),
+                "i1",
+                address(i),
+                80,
+                "",
+            ))
+        })
+        .collect();
+    in_huge.sort_unstable();
+    new_services.sort_unstable();
+    let table = Table::new(
+        &format!("One change at a time ({rounds} each), with 10k services and a 10k-instance service registered"),
+        &["change", "ack p50 ms", "ack p99 ms", "ack max ms"],
+    );
+    for (what, latencies) in [
+        (
+            "re-register an instance of the 10k-instance service",
+            &in_huge,
+        ),
+        ("register a new service among 10k", &new_services),
+    ] {
+        table.row(&[
+            what.to_string(),
+            ms(quantile(latencies, 0.5)),
+            ms(quantile(latencies, 0.99)),
+            ms(*latencies.last().unwrap_or(&0)),
+        ]);
+    }
+}
+
+/// The 3k dataset, then filler services of 10 instances up to `total`.
+pub fn dataset(total: usize) -> Vec<String> {
+    let mut lines = Vec::with_capacity(total);
+    for s in 0..BASE_SERVICES {
+        for i in 0..BASE_INSTANCES {
+            let address = Ipv4Addr::new(10, (s / 250 % 250) as u8, (s % 250) as u8, i as u8 + 1);
+            lines.push(client::register(
+                &format!("web{s}"),
+                &format!("web{s}-{i}"),
+                address,
+                8080 + i as u16,
+                ",\"meta\":{\"version\":\"1\"}",
+            ));
+        }
+    }
+    let filler = total.saturating_sub(lines.len());
+    for n in 0..filler {
+        lines.push(client::register(
+            &format!("big{}", n / 10),
+            &format!("big{}-{}", n / 10, n % 10),
+            address(n),
+            8080,
+            ",\"meta\":{\"version\":\"1\"}",
+        ));
+    }
+    lines
+}
+
+/// dnsperf's query files for the 3k names (as `gen.py` writes them).
+struct QueryFiles {
+    dir: PathBuf,
+    srv: PathBuf,
+    a: PathBuf,
+    mixed: PathBuf,
+}
+
+impl QueryFiles {
+    fn write() -> QueryFiles {
+        let dir = std::env::temp_dir().join(format!("svcdns-bench-queries-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("query directory");
+        let mut random = 1u64;
+        let mut next = move |bound: usize| {
+            random = random
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((random >> 33) as usize) % bound
+        };
+        let mut srv = String::new();
+        let mut a = String::new();
+        let mut mixed = String::new();
+        for _ in 0..100_000 {
+            srv.push_str(&format!(
+                "_web{}._tcp.svc.internal. SRV\n",
+                next(BASE_SERVICES)
+            ));
+            a.push_str(&format!("web{}.svc.internal. A\n", next(BASE_SERVICES)));
+            let s = next(BASE_SERVICES);
+            match next(10) {
+                0..=5 => mixed.push_str(&format!("_web{s}._tcp.svc.internal. SRV\n")),
+                6..=8 => mixed.push_str(&format!("web{s}.svc.internal. A\n")),
+                _ => mixed.push_str(&format!("nx{s}.svc.internal. A\n")),
+            }
+        }
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("query file");
+            path
+        };
+        QueryFiles {
+            srv: write("q-srv.txt", &srv),
+            a: write("q-a.txt", &a),
+            mixed: write("q-mixed.txt", &mixed),
+            dir,
+        }
+    }
+}
+
+impl Drop for QueryFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Queries per second dnsperf reaches against the server, or `None` when it fails.
+pub fn run_dnsperf(server: &Server, queries: &Path, seconds: u64) -> Option<f64> {
+    let output = Command::new("dnsperf")
+        .args([
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &server.dns.port().to_string(),
+            "-d",
+        ])
+        .arg(queries)
+        .args([
+            "-l",
+            &seconds.to_string(),
+            "-c",
+            "8",
+            "-q",
+            "500",
+            "-T",
+            "1",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+        .and_then(|v| v.trim().parse().ok())
+}

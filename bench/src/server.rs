@@ -1,0 +1,121 @@
+//! A svcdns process for one measurement: the release binary next to this one, on free
+//! loopback ports, in a temporary directory of its own.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct Server {
+    child: Child,
+    dir: PathBuf,
+    pub dns: SocketAddr,
+    pub unix: PathBuf,
+}
+
+impl Server {
+    /// Starts svcdns with `extra` appended to its configuration (top-level keys).
+    pub fn start(name: &str, extra: &str) -> Server {
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("svcdns")))
+            .filter(|path| path.exists())
+            .expect("the svcdns release binary next to svcdns-bench (cargo build --release)");
+        let dir = std::env::temp_dir().join(format!("svcdns-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("bench directory");
+        let config = format!(
+            "dns:\n  listen: [\"127.0.0.1:0\"]\nregistration:\n  unix: svcdns.sock\n  tcp: null\n  max_connections: 4096\nzones_dir: zones\n{extra}"
+        );
+        std::fs::write(dir.join("svcdns.yaml"), config).expect("config");
+        let log = std::fs::File::create(dir.join("svcdns.log")).expect("log file");
+        let mut child = Command::new(binary)
+            .args(["serve", "--config", "svcdns.yaml"])
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start svcdns");
+        let stdout = child.stdout.take().expect("stdout");
+        let (ready, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("svcdns ready") {
+                    let _ = ready.send(line);
+                }
+            }
+        });
+        let line = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "svcdns did not start; see {}",
+                    dir.join("svcdns.log").display()
+                )
+            });
+        let field = |key: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+                .to_string()
+        };
+        Server {
+            dns: field("dns")
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .expect("dns address"),
+            unix: dir.join(field("unix")),
+            child,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
