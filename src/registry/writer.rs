@@ -160,6 +160,9 @@ impl Writer {
             let snapshot = self.published.load_full();
             let _ = reply.send(Subscription { snapshot, events });
         }
+        // Freeing what the batch replaced is not part of any request's wait.
+        self.retired
+            .retain(|snapshot| Arc::strong_count(snapshot) > 1);
     }
 
     fn apply_one(&mut self, command: Command, now: Instant, outcome: &mut Outcome) {
