@@ -2,6 +2,7 @@
 //! together, and takes them down again on SIGTERM/SIGINT.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,23 +30,22 @@ pub async fn run(config: Config) -> Result<()> {
     let zones = Arc::new(Zones::new(&specs));
     let registry = Registry::start(zones.settings(), &config.default_zone(), zones.clone())
         .context("starting the registry's writer thread")?;
-    for spec in &specs {
-        for registration in &spec.services {
-            let source = spec
-                .source
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            registry
-                .register(registration.clone(), None)
-                .await
-                .with_context(|| {
-                    format!(
-                        "{source}: static service {} instance {}",
-                        registration.service, registration.instance.id
-                    )
-                })?;
-        }
+    // Static services are queued together, then each acknowledgement is checked.
+    let static_services: Vec<_> = specs
+        .iter()
+        .flat_map(|spec| spec.services.iter().map(move |r| (spec, r)))
+        .map(|(spec, r)| (spec, r, registry.register(r.clone(), None)))
+        .collect();
+    for (spec, registration, acknowledgement) in static_services {
+        acknowledgement.await.with_context(|| {
+            let source = spec.source.as_deref().unwrap_or(Path::new("built-in zone"));
+            format!(
+                "{}: static service {} instance {}",
+                source.display(),
+                registration.service,
+                registration.instance.id
+            )
+        })?;
     }
     let sampling = Sampling {
         max_answer_records: config.dns.max_answer_records,

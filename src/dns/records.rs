@@ -233,9 +233,12 @@ pub fn render(
             1
         }
         Data::Srv { service, members } => {
+            let Some(hosts) = child(origin, service.as_str()) else {
+                return 0;
+            };
             let mut targets = Vec::new();
             for entry in sample(members, sampling) {
-                let Some(target) = host_name(origin, service, entry) else {
+                let Some(target) = child(&hosts, entry.id().as_str()) else {
                     continue;
                 };
                 let fits = out.answer(srv_record(owner, entry, &target));
@@ -264,9 +267,15 @@ pub fn render(
             proto,
             members,
         } => {
+            let (Some(hosts), Some(instances)) = (
+                child(origin, service.as_str()),
+                service_type_name(origin, service, *proto),
+            ) else {
+                return 0;
+            };
             let mut browsed = Vec::new();
             for entry in members.iter() {
-                let Some(instance) = dnssd_name(origin, service, *proto, entry) else {
+                let Some(instance) = child(&instances, entry.id().as_str()) else {
                     continue;
                 };
                 let fits = out.answer(Record::from_rdata(
@@ -283,7 +292,7 @@ pub fn render(
             // RFC 6763 §12.1: each instance's SRV, TXT and addresses, instance by
             // instance, so that trimming for size keeps whole instances.
             for (entry, instance) in &browsed {
-                let Some(target) = host_name(origin, service, entry) else {
+                let Some(target) = child(&hosts, entry.id().as_str()) else {
                     continue;
                 };
                 let srv = vec![srv_record(instance, entry, &target)];
@@ -454,39 +463,22 @@ fn txt(entry: &Entry) -> RData {
     RData::TXT(TXT::from_bytes(strings))
 }
 
-/// `labels.origin`, for labels we validated (LDH, with the underscores we add). Fails
+/// `label.parent`, for labels we validated (LDH, with the underscores we add). Fails
 /// only for a name over 255 bytes, which admission rules out.
-pub fn name_in(origin: &Name, labels: &[&[u8]]) -> Option<Name> {
-    Name::from_labels(labels.iter().copied())
-        .and_then(|relative| relative.append_domain(origin))
+fn child(parent: &Name, label: &str) -> Option<Name> {
+    Name::from_labels([label.as_bytes()])
+        .and_then(|name| name.append_domain(parent))
         .ok()
 }
 
 /// `I.S.Z`: the host name SRV records point at.
-pub fn host_name(origin: &Name, service: &Label, entry: &Entry) -> Option<Name> {
-    name_in(
-        origin,
-        &[entry.id().as_str().as_bytes(), service.as_str().as_bytes()],
-    )
+fn host_name(origin: &Name, service: &Label, entry: &Entry) -> Option<Name> {
+    child(&child(origin, service.as_str())?, entry.id().as_str())
 }
 
 /// `_S._P.Z`: the DNS-SD service type.
-pub fn service_type_name(origin: &Name, service: &Label, proto: Proto) -> Option<Name> {
-    let service = format!("_{service}");
-    name_in(origin, &[service.as_bytes(), proto.label().as_bytes()])
-}
-
-/// `I._S._P.Z`: the DNS-SD instance name.
-fn dnssd_name(origin: &Name, service: &Label, proto: Proto, entry: &Entry) -> Option<Name> {
-    let service = format!("_{service}");
-    name_in(
-        origin,
-        &[
-            entry.id().as_str().as_bytes(),
-            service.as_bytes(),
-            proto.label().as_bytes(),
-        ],
-    )
+fn service_type_name(origin: &Name, service: &Label, proto: Proto) -> Option<Name> {
+    child(&child(origin, proto.label())?, &format!("_{service}"))
 }
 
 #[cfg(test)]

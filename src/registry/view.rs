@@ -445,18 +445,10 @@ impl ZoneView {
     /// Adds or replaces an instance; returns the one it replaced.
     fn insert(&mut self, service: &Label, entry: Arc<Entry>) -> Option<Arc<Entry>> {
         let previous = self.remove(service, entry.id().as_str());
-        let record = match self.services.get_mut(service.as_str()) {
-            Some(record) => record,
-            None => {
-                self.services.insert(
-                    service.clone(),
-                    Arc::new(Service::new(entry.instance.proto)),
-                );
-                self.services
-                    .get_mut(service.as_str())
-                    .expect("the service was just inserted")
-            }
-        };
+        let record = self
+            .services
+            .entry(service.clone())
+            .or_insert_with(|| Arc::new(Service::new(entry.instance.proto)));
         let record = Arc::make_mut(record);
         let used_before = Proto::ALL.map(|proto| record.uses(proto));
         let new_tags = record.insert(&entry);
