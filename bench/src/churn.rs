@@ -189,9 +189,9 @@ fn mass_expiry(table: &Table, leases: usize) {
             from,
             to,
             format!(
-                "registered in {:.2} s; the last one gone {} after registration ended; first gone: {}",
+                "registered in {:.2} s; the last lease gone from DNS {} after its deadline; the first one gone too: {}",
                 loaded.as_secs_f64(),
-                shown(gone),
+                shown(gone.map(|g| g.saturating_sub(Duration::from_secs(ttl)))),
                 first_gone == Some(ResponseCode::NXDomain)
             ),
         );

@@ -1,6 +1,8 @@
 //! svcdns benchmarks, each one command, on loopback only, bounded in time, printing a
 //! table: `registrations`, `scale`, `churn`. Run through `bench/<name>` at the
-//! repository root, which builds the release binaries first.
+//! repository root, which builds the release binaries first. `hold --size N` loads the
+//! scale dataset of N instances into a server and keeps it until stdin closes, for
+//! profiling by hand.
 
 mod churn;
 mod client;
@@ -17,8 +19,9 @@ fn main() -> ExitCode {
         Some("registrations") => registrations::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
         Some("churn") => churn::run(&args[1..]),
+        Some("hold") => scale::hold(&args[1..]),
         _ => {
-            eprintln!("usage: svcdns-bench registrations|scale|churn [options]");
+            eprintln!("usage: svcdns-bench registrations|scale|churn|hold [options]");
             return ExitCode::FAILURE;
         }
     }

@@ -16,7 +16,8 @@ const BASE_SERVICES: usize = 1000;
 const BASE_INSTANCES: usize = 3;
 
 pub fn run(args: &[String]) {
-    let seconds: u64 = option(args, "--seconds", 8);
+    let seconds: u64 = option(args, "--seconds", 5);
+    let repeat: usize = option(args, "--repeat", 3);
     let sizes: Vec<usize> = option(args, "--sizes", "3000,100000,1000000".to_string())
         .split(',')
         .filter_map(|s| s.parse().ok())
@@ -26,60 +27,119 @@ pub fn run(args: &[String]) {
     if !dnsperf {
         eprintln!("dnsperf is not installed (apt-get install dnsperf): qps columns are left empty");
     }
-    let table = Table::new(
-        &format!("Scale: the 3k dataset of ../shared/bench plus filler services of 10 instances; dnsperf -c 8 -q 500 -T 1 -l {seconds} on the 3k names"),
-        &["instances", "load s", "registrations/s", "RSS MiB", "bytes/instance", "qps SRV", "qps A", "qps mixed", "mixed vs 3k", "server CPU µs/query"],
-    );
-    let mut baseline_qps = None;
-    for total in sizes {
+    // Every size is loaded first and kept running; dnsperf then visits them in turn,
+    // `repeat` rounds, so that the machine's drifts fall on every size alike.
+    let mut loaded = Vec::new();
+    for &total in &sizes {
         let server = Server::start(&format!("scale-{total}"), "");
         let empty_rss = server.rss();
-        let lines = dataset(total);
         let started = Instant::now();
-        let acks = pipeline_parallel(&server.unix, lines, 8);
+        let acks = pipeline_parallel(&server.unix, dataset(total), 8);
         let load = started.elapsed().as_secs_f64();
         acks.check("load");
-        std::thread::sleep(Duration::from_secs(1));
-        let rss = server.rss();
-        let cpu_before = server.cpu_seconds();
-        let qps: Vec<Option<f64>> = [&queries.srv, &queries.a, &queries.mixed]
-            .iter()
-            .map(|file| {
-                dnsperf
-                    .then(|| run_dnsperf(&server, file, seconds))
+        loaded.push(Loaded {
+            total,
+            load,
+            empty_rss,
+            server,
+            qps: vec![Vec::new(); 3],
+            cpu: 0.0,
+            answered: 0.0,
+        });
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let files = [&queries.srv, &queries.a, &queries.mixed];
+    for _ in 0..repeat {
+        for (kind, file) in files.iter().enumerate() {
+            for size in &mut loaded {
+                let cpu_before = size.server.cpu_seconds();
+                if let Some(qps) = dnsperf
+                    .then(|| run_dnsperf(&size.server, file, seconds))
                     .flatten()
-            })
-            .collect();
-        let cpu = server.cpu_seconds() - cpu_before;
-        let answered: f64 = qps.iter().flatten().map(|q| q * seconds as f64).sum();
-        let cpu_per_query = if answered > 0.0 {
-            format!("{:.1}", cpu / answered * 1e6)
-        } else {
-            "-".into()
-        };
-        let mixed = qps[2];
-        if baseline_qps.is_none() {
-            baseline_qps = mixed;
+                {
+                    size.qps[kind].push(qps);
+                    size.answered += qps * seconds as f64;
+                }
+                size.cpu += size.server.cpu_seconds() - cpu_before;
+            }
         }
-        let ratio = match (mixed, baseline_qps) {
+    }
+    let table = Table::new(
+        &format!("Scale: the 3k dataset of ../shared/bench plus filler services of 10 instances; dnsperf -c 8 -q 500 -T 1 -l {seconds} on the 3k names; median of {repeat} runs, the sizes taking turns"),
+        &["instances", "load s", "registrations/s", "RSS MiB", "bytes/instance", "qps SRV", "qps A", "qps mixed", "mixed vs first", "server CPU µs/query", "CPU vs first"],
+    );
+    let baseline = loaded.first().and_then(|size| median(&size.qps[2]));
+    let cpu_per_query =
+        |size: &Loaded| (size.answered > 0.0).then(|| size.cpu / size.answered * 1e6);
+    let baseline_cpu = loaded.first().and_then(cpu_per_query);
+    for size in &loaded {
+        let rss = size.server.rss();
+        let show = |q: Option<f64>| q.map_or("-".into(), |q| format!("{q:.0}"));
+        let mixed = median(&size.qps[2]);
+        let ratio = match (mixed, baseline) {
             (Some(m), Some(b)) if b > 0.0 => format!("{:.2}", m / b),
             _ => "-".into(),
         };
-        let show = |q: Option<f64>| q.map_or("-".into(), |q| format!("{q:.0}"));
+        let cpu = cpu_per_query(size);
+        let cpu_ratio = match (cpu, baseline_cpu) {
+            (Some(c), Some(b)) if b > 0.0 => format!("{:.2}", c / b),
+            _ => "-".into(),
+        };
         table.row(&[
-            total.to_string(),
-            format!("{load:.2}"),
-            format!("{:.0}", total as f64 / load),
+            size.total.to_string(),
+            format!("{:.2}", size.load),
+            format!("{:.0}", size.total as f64 / size.load),
             format!("{:.0}", rss as f64 / 1048576.0),
-            format!("{:.0}", rss.saturating_sub(empty_rss) as f64 / total as f64),
-            show(qps[0]),
-            show(qps[1]),
+            format!(
+                "{:.0}",
+                rss.saturating_sub(size.empty_rss) as f64 / size.total as f64
+            ),
+            show(median(&size.qps[0])),
+            show(median(&size.qps[1])),
             show(mixed),
             ratio,
-            cpu_per_query,
+            cpu.map_or("-".into(), |c| format!("{c:.1}")),
+            cpu_ratio,
         ]);
     }
+    drop(loaded);
     change_latency(args);
+}
+
+/// Loads the dataset of `--size` instances, prints where the server listens, and keeps
+/// it running until stdin closes.
+pub fn hold(args: &[String]) {
+    let total: usize = option(args, "--size", 3000);
+    let server = Server::start(&format!("hold-{total}"), "");
+    pipeline_parallel(&server.unix, dataset(total), 8).check("load");
+    println!(
+        "dns={} pid={} rss={}",
+        server.dns,
+        server.pid(),
+        server.rss()
+    );
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {
+        line.clear();
+    }
+}
+
+/// A loaded server of one size, and what dnsperf saw of it.
+struct Loaded {
+    total: usize,
+    load: f64,
+    empty_rss: u64,
+    server: Server,
+    /// Per query file (SRV, A, mixed): queries per second of each run.
+    qps: Vec<Vec<f64>>,
+    cpu: f64,
+    answered: f64,
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// Acknowledgement time of single changes in a big registry: one instance of a
