@@ -112,3 +112,82 @@ impl Leases {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::model::{Label, LabelKind};
+
+    fn at(i: u8) -> InstanceRef {
+        InstanceRef {
+            zone: 0,
+            service: Label::parse("s", LabelKind::Service).unwrap(),
+            id: Label::parse(&format!("i{i}"), LabelKind::Id).unwrap(),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Start or restart the lease of instance `i` for `ttl` seconds.
+        Start(u8, u32),
+        End(u8),
+        /// Let `ms` pass, then expire what is due.
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..8u8, 1..5u32).prop_map(|(i, ttl)| Op::Start(i, ttl)),
+            1 => (0..8u8).prop_map(Op::End),
+            2 => (0..3000u64).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Expiry matches a model that knows each instance's one current deadline:
+        /// restarting a lease forgets the old deadline, ending it forgets it at all.
+        #[test]
+        fn leases_expire_exactly_at_their_latest_deadline(ops in prop::collection::vec(op(), 1..80)) {
+            let epoch = Instant::now();
+            let mut leases = Leases::new(epoch);
+            let slots: Vec<LeaseSlot> = (0..8).map(|_| LeaseSlot::default()).collect();
+            let mut model: BTreeMap<u8, u64> = BTreeMap::new();
+            let mut now_ms = 0u64;
+            for op in ops {
+                let now = epoch + Duration::from_millis(now_ms);
+                match op {
+                    Op::Start(i, ttl) => {
+                        leases.start(&slots[usize::from(i)], ttl, at(i), now);
+                        model.insert(i, now_ms + u64::from(ttl) * 1000);
+                    }
+                    Op::End(i) => {
+                        leases.end(&slots[usize::from(i)]);
+                        model.remove(&i);
+                    }
+                    Op::Advance(ms) => {
+                        now_ms += ms;
+                        let now = epoch + Duration::from_millis(now_ms);
+                        let mut expired = Vec::new();
+                        while let Some(gone) = leases.pop_due(now) {
+                            let i: u8 = gone.id.as_str()[1..].parse().unwrap();
+                            leases.end(&slots[usize::from(i)]);
+                            expired.push(i);
+                        }
+                        let mut due: Vec<u8> = model.iter().filter(|(_, d)| **d <= now_ms).map(|(i, _)| *i).collect();
+                        model.retain(|_, d| *d > now_ms);
+                        expired.sort();
+                        due.sort();
+                        prop_assert_eq!(expired, due);
+                    }
+                }
+                prop_assert_eq!(leases.len(), model.len());
+                let next = model.values().min().map(|d| epoch + Duration::from_millis(*d));
+                prop_assert_eq!(leases.next_deadline(), next);
+            }
+        }
+    }
+}
