@@ -120,10 +120,10 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             }
             PendingReply::List(filter) => {
                 let snapshot = shared.registry.snapshot();
-                let reply =
-                    off_thread(move || protocol::listing_reply("list", &snapshot, filter.as_ref()))
+                let line =
+                    off_thread(move || protocol::listing_line("list", &snapshot, filter.as_ref()))
                         .await;
-                write_json(&mut out, &reply).await?;
+                out.write_all(&line).await?;
             }
             PendingReply::Watch(filter) => {
                 return stream_events(shared, &mut out, filter, reading_done).await;
@@ -152,8 +152,8 @@ async fn stream_events<W: AsyncWrite + Unpin>(
     };
     let snapshot = subscription.snapshot.clone();
     let first =
-        off_thread(move || protocol::listing_reply("watch", &snapshot, filter.as_ref())).await;
-    write_json(out, &first).await?;
+        off_thread(move || protocol::listing_line("watch", &snapshot, filter.as_ref())).await;
+    out.write_all(&first).await?;
     out.flush().await?;
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -176,12 +176,17 @@ async fn stream_events<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Runs a serialization of a possibly large snapshot off the async workers, which
-/// also answer DNS.
-async fn off_thread(work: impl FnOnce() -> Value + Send + 'static) -> Value {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|_| protocol::unavailable("list"))
+/// Serializes a possibly large snapshot off the async workers, which also answer DNS;
+/// the snapshot is released there too.
+async fn off_thread(work: impl FnOnce() -> Vec<u8> + Send + 'static) -> Vec<u8> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(line) => line,
+        Err(_) => {
+            let mut line = protocol::unavailable("list").to_string().into_bytes();
+            line.push(b'\n');
+            line
+        }
+    }
 }
 
 async fn write_json<W: AsyncWrite + Unpin>(out: &mut W, value: &Value) -> io::Result<()> {

@@ -2,11 +2,13 @@
 //! response per line out. This module turns a line into a registry request and an
 //! acknowledgement into a reply; it knows nothing about sockets.
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::registry::spec::{key_from_json, registration_from_json};
 use crate::registry::{
-    listing, ConnectionId, InstanceKey, Label, LabelKind, Pending, Registry, RegistryError, View,
+    listing, ConnectionId, InstanceJson, InstanceKey, Label, LabelKind, Pending, Registry,
+    RegistryError, View,
 };
 
 /// The reply to one request line, or what it waits for. Replies go out in the order of
@@ -181,10 +183,33 @@ pub async fn change_reply(op: &'static str, key: InstanceKey, ack: Ack) -> Value
 }
 
 /// The `list` reply, or the first line of a `watch`: `{"ok":true,"op":…,"instances":[…]}`
-/// with the instances of `snapshot` (of one service name, when filtered).
-pub fn listing_reply(op: &str, snapshot: &View, filter: Option<&Label>) -> Value {
-    let instances = listing(snapshot, filter.map(Label::as_str));
-    json!({"ok": true, "op": op, "instances": instances})
+/// with the instances of `snapshot` (of one service name, when filtered), as one line
+/// of JSON with its newline. Serialized straight from the snapshot: a registry of a
+/// million instances makes a reply of hundreds of megabytes.
+pub fn listing_line(op: &str, snapshot: &View, filter: Option<&Label>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Listing<'a> {
+        ok: bool,
+        op: &'a str,
+        instances: Vec<InstanceJson<'a>>,
+    }
+    let reply = Listing {
+        ok: true,
+        op,
+        instances: listing(snapshot, filter.map(Label::as_str)),
+    };
+    let mut line = serde_json::to_vec(&reply).unwrap_or_else(|e| {
+        let failed = error_reply(
+            Some(op),
+            ProtocolError {
+                code: "internal_error",
+                message: format!("the listing could not be written: {e}"),
+            },
+        );
+        failed.to_string().into_bytes()
+    });
+    line.push(b'\n');
+    line
 }
 
 /// The reply that ends a watch whose watcher fell too far behind.
