@@ -2,7 +2,7 @@
 //! (one query at a time, about 2,000 a second) while, in turn: nothing happens; 400
 //! connections holding an ephemeral instance each close at once; 50,000 leases expire
 //! while a client registers every 20 ms; one client re-registers the instances of a
-//! 500-instance service as fast as it can.
+//! 500-instance service as fast as it can; a client lists 100,000 instances.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ pub fn run(args: &[String]) {
     ephemeral_disconnects(&table);
     mass_expiry(&table, leases);
     hammer(&table, hammer_seconds);
+    big_lists(&table);
 }
 
 fn server_with_dataset(name: &str) -> Server {
@@ -241,6 +242,45 @@ fn hammer(table: &Table, seconds: u64) {
         format!(
             "{rate:.0} changes/s, ack p99 {} ms",
             ms(quantile(&acks.latencies_us, 0.99))
+        ),
+    );
+}
+
+fn big_lists(table: &Table) {
+    let server = server_with_dataset("churn-list");
+    let lines = (0..100_000)
+        .map(|i| {
+            client::register(
+                &format!("listed{}", i / 10),
+                &format!("l{}", i % 10),
+                address(i),
+                80,
+                "",
+            )
+        })
+        .collect();
+    pipeline_parallel(&server.unix, lines, 8).check("list setup");
+    let prober = Prober::start(server.dns, probe_names(&[]));
+    std::thread::sleep(Duration::from_millis(300));
+    let from = Instant::now();
+    let mut session = Session::open(&server.unix);
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        let reply = session.request("{\"op\":\"list\"}\n");
+        assert!(reply.contains("\"ok\":true"), "list failed");
+        sizes.push(reply.len());
+    }
+    let to = Instant::now();
+    report(
+        table,
+        "a client lists all 103,000 instances, 3 times",
+        &prober.finish(),
+        from,
+        to,
+        format!(
+            "{:.0} ms per list of {:.1} MB",
+            (to - from).as_secs_f64() * 1000.0 / 3.0,
+            sizes.iter().sum::<usize>() as f64 / 3.0 / 1e6
         ),
     );
 }
