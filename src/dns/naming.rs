@@ -6,8 +6,6 @@
 //! id, groups by protocol and tag). That keeps a registry of a million instances free
 //! of a million-entry name map, and makes every answer as current as the snapshot.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use hickory_proto::rr::RecordType;
 
 use crate::registry::view::{Entry, Group, Service};
@@ -306,17 +304,8 @@ fn empty_non_terminal(exists: bool) -> Resolution<'static> {
 }
 
 fn subtype_members<'v>(service: &'v Service, proto: Proto, tag: &str) -> Members<'v> {
-    match (service.proto(proto), service.tag(tag)) {
-        (Some(of_proto), Some(tagged)) => Members {
-            entries: tagged.members(),
-            // A protocol group that is the whole service needs no filter.
-            only: (of_proto.len() != service.all().len()).then_some(proto),
-        },
-        _ => Members {
-            entries: &[],
-            only: None,
-        },
-    }
+    let (entries, only) = service.subtype(proto, tag);
+    Members { entries, only }
 }
 
 /// `S.Z` / `T.S.Z`: the group's addresses; ANY takes the first family present.
@@ -345,12 +334,9 @@ fn group_addresses(group: &Group, record_type: RecordType) -> Resolution<'_> {
 
 /// `I.S.Z`: the instance's addresses and TXT; ANY takes its first address family.
 fn host(entry: &Entry, record_type: RecordType) -> Resolution<'_> {
-    let has = |family: Family| {
-        entry
-            .instance
-            .addresses
-            .iter()
-            .any(|a| family == Family::from_ip(a))
+    let has = |family: Family| match family {
+        Family::V4 => entry.instance.v4().next().is_some(),
+        Family::V6 => entry.instance.v6().next().is_some(),
     };
     let family = match record_type {
         RecordType::TXT => return Resolution::Data(Data::Txt { entry }),
@@ -395,28 +381,4 @@ fn srv_only<'v>(
         RecordType::SRV | RecordType::ANY => Resolution::Data(Data::Srv { service, members }),
         _ => Resolution::NoData,
     }
-}
-
-impl Family {
-    pub fn from_ip(address: &std::net::IpAddr) -> Family {
-        match address {
-            std::net::IpAddr::V4(_) => Family::V4,
-            std::net::IpAddr::V6(_) => Family::V6,
-        }
-    }
-}
-
-/// The addresses of one family of an instance, in registration order.
-pub fn host_v4(entry: &Entry) -> impl Iterator<Item = Ipv4Addr> + Clone + '_ {
-    entry.instance.addresses.iter().filter_map(|a| match a {
-        std::net::IpAddr::V4(v4) => Some(*v4),
-        std::net::IpAddr::V6(_) => None,
-    })
-}
-
-pub fn host_v6(entry: &Entry) -> impl Iterator<Item = Ipv6Addr> + Clone + '_ {
-    entry.instance.addresses.iter().filter_map(|a| match a {
-        std::net::IpAddr::V6(v6) => Some(*v6),
-        std::net::IpAddr::V4(_) => None,
-    })
 }

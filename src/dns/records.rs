@@ -2,10 +2,10 @@
 //!
 //! Records are made from the registry's compact instances when a query asks for them,
 //! never stored: a registry of a million instances would otherwise hold several
-//! million `Record`s. They are measured with hickory's own encoder as they are made, so
-//! the sizes are exactly those of the response hickory will send: an answer that does
-//! not fit gets TC from that encoder, and additional RRsets are dropped whole, from the
-//! end, without TC (RFC 2181 §9). For huge sets only what fits is ever made.
+//! million `Record`s. Sizes are exactly those of the response hickory will send (see
+//! [`Fitter`]): an answer that does not fit gets TC from hickory's encoder, and
+//! additional RRsets are dropped whole, from the end, without TC (RFC 2181 §9). For
+//! huge sets only what fits is ever made.
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -18,7 +18,7 @@ use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
-use super::naming::{host_v4, host_v6, Data, Family, Members};
+use super::naming::{Data, Family, Members};
 use crate::registry::view::{Entry, Rotation};
 use crate::registry::{Label, Proto};
 
@@ -216,8 +216,8 @@ pub fn render(
         }
         Data::HostAddresses { entry, family } => {
             let records = match family {
-                Family::V4 => v4_records(owner, entry.dns_ttl, host_v4(entry)),
-                Family::V6 => v6_records(owner, entry.dns_ttl, host_v6(entry)),
+                Family::V4 => v4_records(owner, entry.dns_ttl, entry.instance.v4()),
+                Family::V6 => v6_records(owner, entry.dns_ttl, entry.instance.v6()),
             };
             let total = records.len();
             let start = HOST_ROTATION.fetch_add(1, Ordering::Relaxed) % total.max(1);
@@ -416,8 +416,8 @@ fn min_ttl<'a>(entries: impl Iterator<Item = &'a Entry>) -> u32 {
 
 /// The instance's A and AAAA sets, as additional data of answers that point at it.
 fn host_additionals(out: &mut Fitter<'_>, entry: &Entry, host: &Name) -> bool {
-    let v4 = v4_records(host, entry.dns_ttl, host_v4(entry));
-    let v6 = v6_records(host, entry.dns_ttl, host_v6(entry));
+    let v4 = v4_records(host, entry.dns_ttl, entry.instance.v4());
+    let v6 = v6_records(host, entry.dns_ttl, entry.instance.v6());
     (v4.is_empty() || out.additional_set(v4)) && (v6.is_empty() || out.additional_set(v6))
 }
 

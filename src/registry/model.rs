@@ -9,7 +9,7 @@
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use compact_str::CompactString;
 use serde::ser::{SerializeMap, Serializer};
@@ -301,6 +301,22 @@ impl Instance {
             }
         }
         Ok(())
+    }
+
+    /// The IPv4 addresses, in registration order.
+    pub fn v4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.addresses.iter().filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// The IPv6 addresses, in registration order.
+    pub fn v6(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.addresses.iter().filter_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
     }
 
     pub fn has_tag(&self, tag: &str) -> bool {

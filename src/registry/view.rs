@@ -235,20 +235,15 @@ impl Service {
         self.tags.keys()
     }
 
-    /// The instances of `proto` tagged `tag` (`_T._sub._S._P.Z`), in id order.
-    pub fn subtype<'a>(
-        &'a self,
-        proto: Proto,
-        tag: &str,
-    ) -> impl Iterator<Item = &'a Arc<Entry>> + Clone + 'a {
-        let mixed = matches!(self.protos, Protos::Mixed(_));
+    /// The instances of `proto` tagged `tag` (`_T._sub._S._P.Z`): the tag's members, in
+    /// id order, and the protocol to keep among them when the service mixes protocols.
+    pub fn subtype(&self, proto: Proto, tag: &str) -> (&[Arc<Entry>], Option<Proto>) {
         let tagged = match self.proto(proto) {
             Some(_) => self.tag(tag).map(Group::members).unwrap_or_default(),
             None => &[],
         };
-        tagged
-            .iter()
-            .filter(move |entry| !mixed || entry.instance.proto == proto)
+        let only = matches!(self.protos, Protos::Mixed(_)).then_some(proto);
+        (tagged, only)
     }
 
     /// Whether some instance of `proto` has a tag (`_sub._S._P.Z` exists).
@@ -641,8 +636,10 @@ mod tests {
                     d.has_subtypes.insert(proto);
                 }
                 for tag in service.tags() {
-                    let ids: Vec<String> = service
-                        .subtype(proto, tag.as_str())
+                    let (tagged, only) = service.subtype(proto, tag.as_str());
+                    let ids: Vec<String> = tagged
+                        .iter()
+                        .filter(|e| only.is_none_or(|p| e.instance.proto == p))
                         .map(|e| e.id().to_string())
                         .collect();
                     if !ids.is_empty() {
