@@ -83,7 +83,16 @@ impl Registry {
         let writer = Writer::new(view, published.clone());
         let thread = std::thread::Builder::new()
             .name("svcdns-writer".into())
-            .spawn(move || writer.run(commands))?;
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| writer.run(commands));
+                if std::panic::catch_unwind(run).is_err() {
+                    // A bug. Without its writer the registry takes no change and expires
+                    // no lease, so DNS would serve a frozen registry as if it were live:
+                    // better to stop and let the supervisor restart us.
+                    tracing::error!("the registry writer failed; stopping svcdns");
+                    std::process::exit(70);
+                }
+            })?;
         Ok(Registry {
             shared: Arc::new(Shared {
                 queue,
