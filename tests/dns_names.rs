@@ -357,3 +357,29 @@ fn an_address_shared_by_two_instances_is_one_record() {
         2
     );
 }
+
+#[test]
+fn the_dns_sd_service_list_keeps_its_ancestors_alive() {
+    let server = Svcdns::start();
+    // Nothing registered: no service list, so no `_udp.Z` either.
+    for name in [format!("_udp.{Z}"), format!("_dns-sd._udp.{Z}")] {
+        assert_eq!(
+            rcode(&server.query(&name, RecordType::A)),
+            ResponseCode::NXDomain,
+            "{name}"
+        );
+    }
+    // One tcp service: `_services._dns-sd._udp.Z` lists it, so `_udp.Z` and
+    // `_dns-sd._udp.Z` exist as empty non-terminals although no service uses udp.
+    server.register(json!({"op": "register", "service": "only-tcp", "id": "t-1",
+        "addresses": ["10.0.0.1"], "port": 80}));
+    assert_eq!(
+        answer_data(&server.query(&format!("_services._dns-sd._udp.{Z}"), RecordType::PTR)),
+        vec![format!("_only-tcp._tcp.{Z}")]
+    );
+    for name in [format!("_udp.{Z}"), format!("_dns-sd._udp.{Z}")] {
+        let response = server.query(&name, RecordType::A);
+        assert_eq!(rcode(&response), ResponseCode::NoError, "{name}");
+        assert!(response.answers.is_empty(), "{name}");
+    }
+}

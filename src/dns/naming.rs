@@ -161,7 +161,9 @@ pub fn resolve<'v>(
         }
         Node::UnderscoreTop(label) => {
             let exists = match proto_of(label) {
-                Some(proto) => zone.proto_in_use(proto),
+                // `_udp.Z` is also an ancestor of the DNS-SD service list.
+                Some(Proto::Udp) => zone.proto_in_use(Proto::Udp) || zone.service_types().len() > 0,
+                Some(Proto::Tcp) => zone.proto_in_use(Proto::Tcp),
                 None => zone.tag_in_use(label),
             };
             empty_non_terminal(exists)
