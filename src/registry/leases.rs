@@ -100,12 +100,9 @@ impl Leases {
         Some(entry.remove())
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.deadlines.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.deadlines.is_empty()
     }
 
     fn millis(&self, now: Instant) -> u64 {

@@ -44,7 +44,7 @@ pub fn registration_from_json(
 ) -> Result<Registration, RegistryError> {
     reject_unknown(object, INSTANCE_FIELDS, extra)?;
     let fields = Fields(object);
-    let addresses = match object.get("addresses") {
+    let mut addresses = match object.get("addresses") {
         None | Some(Value::Null) => return Err(RegistryError::MissingField("addresses")),
         Some(Value::Array(items)) => items
             .iter()
@@ -61,7 +61,6 @@ pub fn registration_from_json(
         }
     };
     // An address listed twice is one endpoint, and would be one record twice.
-    let mut addresses = addresses;
     let mut seen = Vec::with_capacity(addresses.len());
     addresses.retain(|address| {
         let first = !seen.contains(address);

@@ -342,7 +342,6 @@ pub struct ZoneView {
     proto_services: [u32; 2],
     /// Services having each tag: whether `_T.Z` exists.
     tag_services: imbl::HashMap<Label, u32>,
-    instances: usize,
 }
 
 impl ZoneView {
@@ -354,7 +353,6 @@ impl ZoneView {
             service_types: imbl::OrdSet::new(),
             proto_services: [0; 2],
             tag_services: imbl::HashMap::new(),
-            instances: 0,
         }
     }
 
@@ -385,14 +383,6 @@ impl ZoneView {
         self.services
             .iter()
             .map(|(name, service)| (name, &**service))
-    }
-
-    pub fn service_count(&self) -> usize {
-        self.services.len()
-    }
-
-    pub fn instance_count(&self) -> usize {
-        self.instances
     }
 
     /// `(S, P)` for every `_S._P.Z` with instances, ordered by service then protocol.
@@ -452,7 +442,6 @@ impl ZoneView {
         for tag in new_tags {
             *self.tag_services.entry(tag).or_insert(0) += 1;
         }
-        self.instances += 1;
         previous
     }
 
@@ -474,7 +463,6 @@ impl ZoneView {
                 }
             }
         }
-        self.instances -= 1;
         Some(entry)
     }
 
@@ -559,10 +547,6 @@ impl View {
             zone.revision += 1;
         }
     }
-
-    pub fn instance_count(&self) -> usize {
-        self.zones.iter().map(ZoneView::instance_count).sum()
-    }
 }
 
 #[cfg(test)]
@@ -601,7 +585,6 @@ mod tests {
         service_types: Vec<(String, Proto)>,
         protos_in_use: BTreeSet<Proto>,
         tags_in_use: BTreeSet<String>,
-        instances: usize,
     }
 
     fn digest_group(group: &Group) -> GroupDigest {
@@ -619,7 +602,6 @@ mod tests {
                 .service_types()
                 .map(|(s, p)| (s.to_string(), *p))
                 .collect(),
-            instances: zone.instance_count(),
             ..ZoneDigest::default()
         };
         for (name, service) in zone.services() {
@@ -685,10 +667,7 @@ mod tests {
             d.ttls = ttls.into_iter().collect();
             d
         }
-        let mut out = ZoneDigest {
-            instances: instances.len(),
-            ..ZoneDigest::default()
-        };
+        let mut out = ZoneDigest::default();
         let mut by_service: BTreeMap<&str, Vec<&Arc<Entry>>> = BTreeMap::new();
         for ((service, _), entry) in instances {
             by_service.entry(service).or_default().push(entry);

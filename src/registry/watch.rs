@@ -176,12 +176,8 @@ impl Watchers {
         }
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.unfiltered.len() + self.by_service.values().map(Vec::len).sum::<usize>()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn sweep(&mut self) {

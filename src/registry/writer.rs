@@ -147,12 +147,12 @@ impl Writer {
             debug!(count = expired, "leases expired");
         }
         self.publish(&outcome.changed_zones);
+        // A requester that went away no longer needs its answer: send errors are ignored.
         for ack in outcome.acks {
-            // A requester that went away no longer needs its answer.
-            let _ = match ack {
-                Ack::Lease(reply, result) => reply.send(result).is_ok(),
-                Ack::Unit(reply, result) => reply.send(result).is_ok(),
-            };
+            match ack {
+                Ack::Lease(reply, result) => drop(reply.send(result)),
+                Ack::Unit(reply, result) => drop(reply.send(result)),
+            }
         }
         self.watchers.dispatch(&outcome.events);
         for (filter, reply) in outcome.watches {
