@@ -1,5 +1,6 @@
-//! The hickory-server `ZoneHandler` of a [`ServedZone`]: routes a query to the zone's
-//! answers, sized for the transport it came on.
+//! The hickory-server `ZoneHandler` of a [`ServedZone`], for the queries the fast path
+//! leaves to hickory's `Catalog` (see `front`): the same answers, as hickory records
+//! sized for the transport the query came on.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use hickory_proto::op::{Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType, TSigResponseContext};
+use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType, TSigResponseContext};
+use hickory_proto::serialize::binary::BinEncodable;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestInfo};
 use hickory_server::zone_handler::{
@@ -16,7 +18,9 @@ use hickory_server::zone_handler::{
 };
 use tracing::warn;
 
-use super::zone::{Answer, ServedZone};
+use super::fitter::Fitter;
+use super::wire::WireName;
+use super::zone::{Negative, ServedZone};
 
 /// Size of an OPT record without options (RFC 6891 §6.1.2): the Catalog adds one to
 /// every response to an EDNS query.
@@ -57,7 +61,7 @@ impl ZoneHandler for ServedZone {
     ) -> LookupControlFlow<AuthLookup> {
         let question = Query::query(Name::from(name.clone()), rtype);
         let answer = MEASURE_BUFFER
-            .with(|buffer| self.answer(name, rtype, &question, None, &mut buffer.borrow_mut()));
+            .with(|buffer| self.fitted(name, rtype, &question, None, &mut buffer.borrow_mut()));
         LookupControlFlow::Break(answer.map(|a| lookup_of(a, lookup_options)))
     }
 
@@ -81,7 +85,7 @@ impl ZoneHandler for ServedZone {
         let question = Query::query(Name::from(query.name().clone()), query.query_type());
         let room = response_room(request);
         let answer = MEASURE_BUFFER.with(|buffer| {
-            self.answer(
+            self.fitted(
                 query.name(),
                 query.query_type(),
                 &question,
@@ -121,6 +125,57 @@ impl ZoneHandler for ServedZone {
         Option<TSigResponseContext>,
     )> {
         Some((Err(LookupError::from(ResponseCode::Refused)), None))
+    }
+}
+
+/// A response's records, and what the response builder must know about them.
+struct Answer {
+    answers: Vec<Record>,
+    additionals: Vec<Record>,
+    /// The answer section did not fit the room (the response will carry TC).
+    truncated: bool,
+    /// Records of the complete answer, for messages about truncated answers.
+    total: usize,
+}
+
+impl ServedZone {
+    /// Answers `name`/`record_type` from the current snapshot as hickory records, in a
+    /// response to `question` of at most `room` bytes (`None`: unlimited). `buffer` is
+    /// scratch space. NODATA is `Err(NameExists)`, NXDOMAIN `Err(NXDomain)`, as the
+    /// Catalog wants.
+    fn fitted(
+        &self,
+        name: &LowerName,
+        record_type: RecordType,
+        question: &Query,
+        room: Option<usize>,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Answer, LookupError> {
+        let wire = Name::from(name.clone())
+            .to_bytes()
+            .ok()
+            .and_then(|bytes| WireName::from_wire(&bytes))
+            .ok_or(LookupError::from(ResponseCode::FormErr))?;
+        if !wire.is_within(self.zone().origin_wire()) {
+            return Err(LookupError::from(ResponseCode::Refused));
+        }
+        let view = self.snapshot();
+        let mut out = Fitter::new(buffer, question, room);
+        let total = self
+            .answer(&view, &wire, record_type, &mut out)
+            .map_err(|negative| match negative {
+                Negative::NoData => LookupError::NameExists,
+                Negative::NxDomain => LookupError::from(ResponseCode::NXDomain),
+                Negative::ServFail => LookupError::from(ResponseCode::ServFail),
+            })?;
+        let truncated = out.truncated();
+        let (answers, additionals) = out.finish();
+        Ok(Answer {
+            answers,
+            additionals,
+            truncated,
+            total,
+        })
     }
 }
 

@@ -1,10 +1,12 @@
 //! The DNS side: zones built from files and from the live registry, answered through a
 //! hickory-server `Catalog`.
 
+pub mod fitter;
 pub mod handler;
 pub mod naming;
 pub mod records;
 pub mod server;
+pub mod wire;
 pub mod zone;
 pub mod zone_file;
 

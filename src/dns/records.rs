@@ -1,11 +1,12 @@
-//! Answers as hickory records, fitted to the response they go into.
+//! What goes into an answer: registry data rendered as records, into any [`Sink`].
 //!
 //! Records are made from the registry's compact instances when a query asks for them,
 //! never stored: a registry of a million instances would otherwise hold several
-//! million `Record`s. Sizes are exactly those of the response hickory will send (see
-//! [`Fitter`]): an answer that does not fit gets TC from hickory's encoder, and
-//! additional RRsets are dropped whole, from the end, without TC (RFC 2181 §9). For
-//! huge sets only what fits is ever made.
+//! million records. The same rendering feeds both answer paths: the fast path's wire
+//! writer ([`super::wire::ResponseWriter`]) and the hickory records the Catalog path
+//! sends ([`super::fitter::Fitter`]). A sink takes records while they fit the response:
+//! an answer that does not fit gets TC, and additional RRsets are dropped whole, from
+//! the end, without TC (RFC 2181 §9). For huge sets only what fits is ever made.
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -13,174 +14,162 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hickory_proto::op::Query;
-use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
-use hickory_proto::rr::{Name, RData, Record};
-use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_proto::rr::Record;
 
 use super::naming::{Data, Family, Members};
+use super::wire::{
+    LabelRef, NameRef, ResponseWriter, Section, TYPE_A, TYPE_AAAA, TYPE_PTR, TYPE_SOA, TYPE_SRV,
+    TYPE_TXT,
+};
 use crate::registry::view::{Entry, Rotation};
-use crate::registry::{Label, Proto};
+use crate::registry::{Label, Meta, Proto};
 
-/// Builds a response's answer and additional sections, measuring as it goes.
-///
-/// Measuring means encoding, which costs as much as the response itself, so while the
-/// records' uncompressed sizes add up to less than the room, nothing is encoded: a
-/// compressed response can only be smaller. Only an answer that may not fit is encoded,
-/// exactly as hickory will encode it, from its first record on.
-pub struct Fitter<'b> {
-    encoder: BinEncoder<'b>,
-    question: &'b Query,
-    /// Most bytes the sections may take, header and question included; `None` when
-    /// nothing is measured.
-    room: Option<usize>,
-    /// Upper bound of the response's size so far, while not `exact`.
-    bound: usize,
-    /// Every record so far is in `encoder`, and sizes are exact.
-    exact: bool,
-    answers: Vec<Record>,
-    additionals: Vec<Record>,
-    /// No more records go in: the answer overflowed, or an additional RRset did not fit.
-    full: bool,
-    /// The answer section did not fit whole.
-    truncated: bool,
+/// One record to add to a response, borrowed from the registry or the zone.
+#[derive(Clone, Copy)]
+pub struct Rec<'a> {
+    pub owner: NameRef<'a>,
+    pub ttl: u32,
+    pub data: Rdata<'a>,
 }
 
-impl<'b> Fitter<'b> {
-    /// A response to `question` of at most `room` bytes (`None`: no limit). `buffer` is
-    /// scratch space for the measurement.
-    pub fn new(buffer: &'b mut Vec<u8>, question: &'b Query, room: Option<usize>) -> Fitter<'b> {
-        buffer.clear();
-        Fitter {
-            encoder: BinEncoder::new(buffer),
-            question,
-            room,
-            bound: HEADER_LEN + wire_len(question.name()) + 4,
-            exact: false,
-            answers: Vec::new(),
-            additionals: Vec::new(),
-            full: false,
-            truncated: false,
+/// The data of a [`Rec`].
+#[derive(Clone, Copy)]
+pub enum Rdata<'a> {
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    Srv {
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: NameRef<'a>,
+    },
+    Ptr(NameRef<'a>),
+    /// An instance's metadata (a single empty string when it has none, RFC 6763 §6.1).
+    Txt(&'a Meta),
+    Soa(Soa<'a>),
+    /// A record from a zone file.
+    Static(&'a StaticRecord),
+}
+
+/// A zone's SOA data, with the serial of the snapshot answering.
+#[derive(Clone, Copy)]
+pub struct Soa<'a> {
+    /// MNAME and RNAME in lowercase wire form.
+    pub mname: &'a [u8],
+    pub rname: &'a [u8],
+    pub serial: u32,
+    pub refresh: i32,
+    pub retry: i32,
+    pub expire: i32,
+    pub minimum: u32,
+}
+
+/// A record from a zone file, in both forms the answer paths use.
+pub struct StaticRecord {
+    pub record: Record,
+    /// The owner in lowercase wire form.
+    pub owner: Box<[u8]>,
+    /// The RDATA as on the wire, names uncompressed.
+    pub rdata: Box<[u8]>,
+}
+
+impl Rdata<'_> {
+    pub fn record_type(&self) -> u16 {
+        match self {
+            Rdata::A(_) => TYPE_A,
+            Rdata::Aaaa(_) => TYPE_AAAA,
+            Rdata::Srv { .. } => TYPE_SRV,
+            Rdata::Ptr(_) => TYPE_PTR,
+            Rdata::Txt(_) => TYPE_TXT,
+            Rdata::Soa(_) => TYPE_SOA,
+            Rdata::Static(record) => u16::from(record.record.record_type()),
         }
     }
+}
 
-    /// Adds an answer record; false once the answer section has overflowed. The record
-    /// that overflows is kept, so that hickory's encoder overflows on it too and sets TC.
-    pub fn answer(&mut self, record: Record) -> bool {
-        debug_assert!(self.additionals.is_empty(), "answers go before additionals");
-        if self.full {
-            return false;
-        }
-        let fits = self.measure(&record);
-        self.answers.push(record);
+/// Where rendered records go: a response being built, that takes records while they fit.
+pub trait Sink {
+    /// Adds an answer record; false once the answer section has overflowed (the
+    /// response then carries TC).
+    fn answer(&mut self, record: Rec<'_>) -> bool;
+
+    /// Adds an additional RRset whole, or not at all; false when it did not fit, after
+    /// which nothing more is added (sets are offered most useful first).
+    fn additional_set<'r>(&mut self, records: impl IntoIterator<Item = Rec<'r>>) -> bool;
+
+    /// Gives the answer records from `first` on one TTL (an RRset has one, RFC 2181
+    /// §5.2): the smallest of the instances that ended up in the response.
+    fn set_answer_ttl(&mut self, first: usize, ttl: u32);
+
+    fn answers_len(&self) -> usize;
+}
+
+impl Sink for ResponseWriter<'_> {
+    fn answer(&mut self, record: Rec<'_>) -> bool {
+        let fits = write(self, record);
         if !fits {
-            self.full = true;
-            self.truncated = true;
+            self.set_truncated();
         }
         fits
     }
 
-    /// Adds an additional RRset whole, or not at all; false when it did not fit, after
-    /// which nothing more is added (sets are offered most useful first).
-    pub fn additional_set(&mut self, records: Vec<Record>) -> bool {
-        if self.full {
-            return false;
-        }
-        for record in &records {
-            if !self.measure(record) {
-                self.full = true;
+    fn additional_set<'r>(&mut self, records: impl IntoIterator<Item = Rec<'r>>) -> bool {
+        self.begin(Section::Additional);
+        let mark = self.mark();
+        for record in records {
+            if !write(self, record) {
+                self.rollback(mark);
                 return false;
             }
         }
-        self.additionals.extend(records);
         true
     }
 
-    /// Gives the answer records from `first` on one TTL (an RRset has one, RFC 2181
-    /// §5.2): the smallest of the instances that ended up in the response.
-    pub fn set_answer_ttl(&mut self, first: usize, ttl: u32) {
-        for record in self.answers.iter_mut().skip(first) {
-            record.ttl = ttl;
-        }
+    fn set_answer_ttl(&mut self, first: usize, ttl: u32) {
+        ResponseWriter::set_answer_ttl(self, first, ttl);
     }
 
-    pub fn answers_len(&self) -> usize {
-        self.answers.len()
-    }
-
-    /// Whether the answer section did not fit (the response will carry TC).
-    pub fn truncated(&self) -> bool {
-        self.truncated
-    }
-
-    pub fn finish(self) -> (Vec<Record>, Vec<Record>) {
-        (self.answers, self.additionals)
-    }
-
-    fn measure(&mut self, record: &Record) -> bool {
-        let Some(room) = self.room else {
-            return true;
-        };
-        if !self.exact {
-            if let Some(size) = upper_bound(record) {
-                if self.bound + size <= room {
-                    self.bound += size;
-                    return true;
-                }
-            }
-            if !self.start_exact() {
-                return false;
-            }
-        }
-        record.emit(&mut self.encoder).is_ok() && self.encoder.len() <= room
-    }
-
-    /// Encodes the header, the question and every record so far, as hickory will.
-    fn start_exact(&mut self) -> bool {
-        self.exact = true;
-        // hickory copies the client's question verbatim and never compresses later
-        // names against it, so it goes in as opaque bytes of the same length.
-        let mut question = Vec::with_capacity(64);
-        let encoded = self
-            .question
-            .emit(&mut BinEncoder::new(&mut question))
-            .and_then(|()| self.encoder.emit_vec(&[0; HEADER_LEN]))
-            .and_then(|()| self.encoder.emit_vec(&question))
-            .and_then(|()| {
-                for record in self.answers.iter().chain(&self.additionals) {
-                    record.emit(&mut self.encoder)?;
-                }
-                Ok(())
-            });
-        encoded.is_ok()
+    fn answers_len(&self) -> usize {
+        self.answers()
     }
 }
 
-/// A DNS message header (RFC 1035 §4.1.1).
-const HEADER_LEN: usize = 12;
-
-/// Length of `name` on the wire, uncompressed.
-pub fn wire_len(name: &Name) -> usize {
-    name.iter().map(|label| label.len() + 1).sum::<usize>() + 1
-}
-
-/// The most bytes `record` can take in a message (its size without compression), for
-/// the types svcdns serves; `None` for others, which are then measured.
-fn upper_bound(record: &Record) -> Option<usize> {
-    let rdata = match &record.data {
-        RData::A(_) => 4,
-        RData::AAAA(_) => 16,
-        RData::SRV(srv) => 6 + wire_len(&srv.target),
-        RData::PTR(ptr) => wire_len(&ptr.0),
-        RData::CNAME(cname) => wire_len(&cname.0),
-        RData::NS(ns) => wire_len(&ns.0),
-        RData::MX(mx) => 2 + wire_len(&mx.exchange),
-        RData::TXT(txt) => txt.txt_data.iter().map(|s| s.len() + 1).sum(),
-        RData::SOA(soa) => wire_len(&soa.mname) + wire_len(&soa.rname) + 20,
-        _ => return None,
-    };
-    // Owner, type, class, TTL, RDLENGTH, RDATA (RFC 1035 §4.1.3).
-    Some(wire_len(&record.name) + 10 + rdata)
+/// Writes one record into the current section of `out`.
+pub fn write(out: &mut ResponseWriter<'_>, record: Rec<'_>) -> bool {
+    let record_type = record.data.record_type();
+    out.record(
+        record.owner,
+        record_type,
+        record.ttl,
+        |rdata| match record.data {
+            Rdata::A(address) => rdata.bytes(&address.octets()),
+            Rdata::Aaaa(address) => rdata.bytes(&address.octets()),
+            Rdata::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => {
+                rdata.u16(priority);
+                rdata.u16(weight);
+                rdata.u16(port);
+                rdata.name_uncompressed(target);
+            }
+            Rdata::Ptr(target) => rdata.name(target),
+            Rdata::Txt(meta) if meta.is_empty() => rdata.bytes(&[0]),
+            Rdata::Txt(meta) => rdata.bytes(meta.as_wire()),
+            Rdata::Soa(soa) => {
+                rdata.name(NameRef::wire(soa.mname));
+                rdata.name(NameRef::wire(soa.rname));
+                rdata.u32(soa.serial);
+                rdata.u32(soa.refresh as u32);
+                rdata.u32(soa.retry as u32);
+                rdata.u32(soa.expire as u32);
+                rdata.u32(soa.minimum);
+            }
+            Rdata::Static(record) => rdata.bytes(&record.rdata),
+        },
+    )
 }
 
 /// How an answer drawn from many instances is cut down, if at all.
@@ -191,75 +180,63 @@ pub struct Sampling {
     pub max_answer_records: Option<usize>,
 }
 
-/// Renders registry data at `owner` in the zone `origin`; returns how many records the
-/// whole answer has (more than were added when it was truncated or sampled).
-pub fn render(
-    data: &Data<'_>,
-    owner: &Name,
-    origin: &Name,
+/// Renders registry data at `owner` in the zone whose origin is `origin` (lowercase wire
+/// form); returns how many records the whole answer has (more than were added when it
+/// was truncated or sampled).
+pub fn render<'v, S: Sink>(
+    data: &Data<'v>,
+    owner: NameRef<'v>,
+    origin: &'v [u8],
     sampling: Sampling,
-    out: &mut Fitter<'_>,
+    out: &mut S,
 ) -> usize {
     let first = out.answers_len();
+    let record = |ttl, data| Rec { owner, ttl, data };
     match data {
         Data::GroupAddresses { group, family } => {
             let ttl = group.min_ttl();
             let rotation = group.rotation();
             match family {
                 Family::V4 => addresses_of_group(out, group.v4(), rotation, sampling, |a| {
-                    a_record(owner, ttl, a)
+                    record(ttl, Rdata::A(a))
                 }),
                 Family::V6 => addresses_of_group(out, group.v6(), rotation, sampling, |a| {
-                    aaaa_record(owner, ttl, a)
+                    record(ttl, Rdata::Aaaa(a))
                 }),
             }
         }
         Data::HostAddresses { entry, family } => {
-            let records = match family {
-                Family::V4 => v4_records(owner, entry.dns_ttl, entry.instance.v4()),
-                Family::V6 => v6_records(owner, entry.dns_ttl, entry.instance.v6()),
-            };
-            let total = records.len();
-            let start = HOST_ROTATION.fetch_add(1, Ordering::Relaxed) % total.max(1);
-            for record in records[start..].iter().chain(&records[..start]) {
-                if !out.answer(record.clone()) {
-                    break;
-                }
+            let ttl = entry.dns_ttl;
+            match family {
+                Family::V4 => rotated(out, entry.instance.v4(), |a| record(ttl, Rdata::A(a))),
+                Family::V6 => rotated(out, entry.instance.v6(), |a| record(ttl, Rdata::Aaaa(a))),
             }
-            total
         }
         Data::Txt { entry } => {
-            out.answer(Record::from_rdata(owner.clone(), entry.dns_ttl, txt(entry)));
+            out.answer(record(entry.dns_ttl, Rdata::Txt(&entry.instance.meta)));
             1
         }
         Data::Srv { service, members } => {
-            let Some(hosts) = child(origin, service.as_str()) else {
-                return 0;
-            };
-            let mut targets = Vec::new();
-            for entry in sample(members, sampling) {
-                let Some(target) = child(&hosts, entry.id().as_str()) else {
-                    continue;
-                };
-                let fits = out.answer(srv_record(owner, entry, &target));
-                targets.push((entry, target));
-                if !fits {
+            let chosen = sample(members, sampling);
+            let mut written = 0;
+            for entry in chosen.clone() {
+                written += 1;
+                if !out.answer(srv(owner, entry, host_name(origin, service, entry))) {
                     break;
                 }
             }
-            out.set_answer_ttl(first, min_ttl(targets.iter().map(|(e, _)| *e)));
-            for (entry, target) in &targets {
-                if !host_additionals(out, entry, target) {
+            out.set_answer_ttl(first, min_ttl(chosen.clone().take(written)));
+            for entry in chosen.take(written) {
+                if !host_additionals(out, entry, host_name(origin, service, entry)) {
                     break;
                 }
             }
             members.len_hint()
         }
         Data::InstanceSrv { service, entry } => {
-            if let Some(target) = host_name(origin, service, entry) {
-                out.answer(srv_record(owner, entry, &target));
-                host_additionals(out, entry, &target);
-            }
+            let target = host_name(origin, service, entry);
+            out.answer(srv(owner, entry, target));
+            host_additionals(out, entry, target);
             1
         }
         Data::Browse {
@@ -267,43 +244,30 @@ pub fn render(
             proto,
             members,
         } => {
-            let (Some(hosts), Some(instances)) = (
-                child(origin, service.as_str()),
-                service_type_name(origin, service, *proto),
-            ) else {
-                return 0;
-            };
-            let mut browsed = Vec::new();
+            let instance_name =
+                |entry: &'v Entry| dns_sd_instance_name(origin, service, *proto, entry);
+            let mut written = 0;
             for entry in members.iter() {
-                let Some(instance) = child(&instances, entry.id().as_str()) else {
-                    continue;
-                };
-                let fits = out.answer(Record::from_rdata(
-                    owner.clone(),
-                    entry.dns_ttl,
-                    RData::PTR(PTR(instance.clone())),
-                ));
-                browsed.push((entry, instance));
-                if !fits {
+                written += 1;
+                let ptr = record(entry.dns_ttl, Rdata::Ptr(instance_name(entry)));
+                if !out.answer(ptr) {
                     break;
                 }
             }
-            out.set_answer_ttl(first, min_ttl(browsed.iter().map(|(e, _)| *e)));
+            out.set_answer_ttl(first, min_ttl(members.iter().take(written)));
             // RFC 6763 §12.1: each instance's SRV, TXT and addresses, instance by
             // instance, so that trimming for size keeps whole instances.
-            for (entry, instance) in &browsed {
-                let Some(target) = child(&hosts, entry.id().as_str()) else {
-                    continue;
+            for entry in members.iter().take(written) {
+                let instance = instance_name(entry);
+                let target = host_name(origin, service, entry);
+                let txt = Rec {
+                    owner: instance,
+                    ttl: entry.dns_ttl,
+                    data: Rdata::Txt(&entry.instance.meta),
                 };
-                let srv = vec![srv_record(instance, entry, &target)];
-                let txt = vec![Record::from_rdata(
-                    instance.clone(),
-                    entry.dns_ttl,
-                    txt(entry),
-                )];
-                let whole = out.additional_set(srv)
-                    && out.additional_set(txt)
-                    && host_additionals(out, entry, &target);
+                let whole = out.additional_set([srv(instance, entry, target)])
+                    && out.additional_set([txt])
+                    && host_additionals(out, entry, target);
                 if !whole {
                     break;
                 }
@@ -313,13 +277,9 @@ pub fn render(
         Data::ServiceTypes { zone } => {
             let ttl = zone.settings().default_ttl;
             for (service, proto) in zone.service_types() {
-                let Some(type_name) = service_type_name(origin, service, *proto) else {
-                    continue;
-                };
-                if !out.answer(Record::from_rdata(
-                    owner.clone(),
+                if !out.answer(record(
                     ttl,
-                    RData::PTR(PTR(type_name)),
+                    Rdata::Ptr(service_type_name(origin, service, *proto)),
                 )) {
                     break;
                 }
@@ -331,12 +291,12 @@ pub fn render(
 
 /// Adds a group's distinct addresses of one family, rotated or sampled; returns how
 /// many there are.
-fn addresses_of_group<T: Copy>(
-    out: &mut Fitter<'_>,
+fn addresses_of_group<'r, T: Copy, S: Sink>(
+    out: &mut S,
     set: &[(T, u32)],
     rotation: &Rotation,
     sampling: Sampling,
-    record: impl Fn(T) -> Record,
+    record: impl Fn(T) -> Rec<'r>,
 ) -> usize {
     for i in order(set.len(), || rotation.next(set.len()), sampling) {
         if !out.answer(record(set[i].0)) {
@@ -346,36 +306,88 @@ fn addresses_of_group<T: Copy>(
     set.len()
 }
 
+/// Adds an instance's addresses of one family, starting at a rotating position.
+fn rotated<'r, T, S: Sink>(
+    out: &mut S,
+    addresses: impl Iterator<Item = T> + Clone,
+    record: impl Fn(T) -> Rec<'r>,
+) -> usize {
+    let total = addresses.clone().count();
+    let start = HOST_ROTATION.fetch_add(1, Ordering::Relaxed) % total.max(1);
+    for address in addresses.clone().skip(start).chain(addresses.take(start)) {
+        if !out.answer(record(address)) {
+            break;
+        }
+    }
+    total
+}
+
 /// Rotation of instances with several addresses of one family: one counter for all of
 /// them, since only the spread matters.
 static HOST_ROTATION: AtomicUsize = AtomicUsize::new(0);
 
+/// Indices in the order a set's records are given: every one from a rotating start, or
+/// a random sample.
+#[derive(Clone)]
+enum Order {
+    Rotated(std::iter::Chain<std::ops::Range<usize>, std::ops::Range<usize>>),
+    Sampled(std::vec::IntoIter<usize>),
+}
+
+impl Iterator for Order {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Order::Rotated(indices) => indices.next(),
+            Order::Sampled(indices) => indices.next(),
+        }
+    }
+}
+
 /// The order in which a set of `len` records is given: a random sample when sampling
 /// applies, otherwise every record starting at the rotation's position.
-fn order(
-    len: usize,
-    rotation: impl FnOnce() -> usize,
-    sampling: Sampling,
-) -> Box<dyn Iterator<Item = usize>> {
+fn order(len: usize, rotation: impl FnOnce() -> usize, sampling: Sampling) -> Order {
     match sampling.max_answer_records {
-        Some(max) if len > max => Box::new(random_indices(len, max).into_iter()),
+        Some(max) if len > max => Order::Sampled(random_indices(len, max).into_iter()),
         _ => {
             let start = if len > 1 { rotation() } else { 0 };
-            Box::new((start..len).chain(0..start))
+            Order::Rotated((start..len).chain(0..start))
         }
     }
 }
 
 /// The members of an SRV answer: all of them in id order, or a random sample.
+#[derive(Clone)]
+enum Chosen<'v, I> {
+    All(I),
+    Sampled {
+        all: &'v [std::sync::Arc<Entry>],
+        indices: std::vec::IntoIter<usize>,
+    },
+}
+
+impl<'v, I: Iterator<Item = &'v Entry>> Iterator for Chosen<'v, I> {
+    type Item = &'v Entry;
+
+    fn next(&mut self) -> Option<&'v Entry> {
+        match self {
+            Chosen::All(members) => members.next(),
+            Chosen::Sampled { all, indices } => indices.next().map(|i| &*all[i]),
+        }
+    }
+}
+
 fn sample<'v>(
     members: &Members<'v>,
     sampling: Sampling,
-) -> Box<dyn Iterator<Item = &'v Entry> + 'v> {
+) -> Chosen<'v, impl Iterator<Item = &'v Entry> + Clone + 'v> {
     match (sampling.max_answer_records, members.as_slice()) {
-        (Some(max), Some(all)) if all.len() > max => {
-            Box::new(random_indices(all.len(), max).into_iter().map(|i| &*all[i]))
-        }
-        _ => Box::new(members.iter()),
+        (Some(max), Some(all)) if all.len() > max => Chosen::Sampled {
+            all,
+            indices: random_indices(all.len(), max).into_iter(),
+        },
+        _ => Chosen::All(members.iter()),
     }
 }
 
@@ -415,70 +427,68 @@ fn min_ttl<'a>(entries: impl Iterator<Item = &'a Entry>) -> u32 {
 }
 
 /// The instance's A and AAAA sets, as additional data of answers that point at it.
-fn host_additionals(out: &mut Fitter<'_>, entry: &Entry, host: &Name) -> bool {
-    let v4 = v4_records(host, entry.dns_ttl, entry.instance.v4());
-    let v6 = v6_records(host, entry.dns_ttl, entry.instance.v6());
-    (v4.is_empty() || out.additional_set(v4)) && (v6.is_empty() || out.additional_set(v6))
-}
-
-fn v4_records(owner: &Name, ttl: u32, addresses: impl Iterator<Item = Ipv4Addr>) -> Vec<Record> {
-    addresses.map(|a| a_record(owner, ttl, a)).collect()
-}
-
-fn v6_records(owner: &Name, ttl: u32, addresses: impl Iterator<Item = Ipv6Addr>) -> Vec<Record> {
-    addresses.map(|a| aaaa_record(owner, ttl, a)).collect()
-}
-
-fn a_record(owner: &Name, ttl: u32, address: Ipv4Addr) -> Record {
-    Record::from_rdata(owner.clone(), ttl, RData::A(A(address)))
-}
-
-fn aaaa_record(owner: &Name, ttl: u32, address: Ipv6Addr) -> Record {
-    Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(address)))
-}
-
-fn srv_record(owner: &Name, entry: &Entry, target: &Name) -> Record {
+fn host_additionals<S: Sink>(out: &mut S, entry: &Entry, host: NameRef<'_>) -> bool {
+    let ttl = entry.dns_ttl;
     let instance = &entry.instance;
-    Record::from_rdata(
-        owner.clone(),
-        entry.dns_ttl,
-        RData::SRV(SRV::new(
-            instance.priority,
-            instance.weight,
-            instance.port,
-            target.clone(),
-        )),
-    )
+    let v4 = instance.v4().map(|a| Rec {
+        owner: host,
+        ttl,
+        data: Rdata::A(a),
+    });
+    let v6 = instance.v6().map(|a| Rec {
+        owner: host,
+        ttl,
+        data: Rdata::Aaaa(a),
+    });
+    (instance.v4().next().is_none() || out.additional_set(v4))
+        && (instance.v6().next().is_none() || out.additional_set(v6))
 }
 
-/// TXT of an instance: its metadata as `key=value` strings. Without metadata it is a
-/// single empty string, since every DNS-SD instance must have a TXT record (RFC 6763 §6.1).
-fn txt(entry: &Entry) -> RData {
-    let meta = &entry.instance.meta;
-    let strings: Vec<&[u8]> = if meta.is_empty() {
-        vec![&[]]
-    } else {
-        meta.strings().collect()
-    };
-    RData::TXT(TXT::from_bytes(strings))
-}
-
-/// `label.parent`, for labels we validated (LDH, with the underscores we add). Fails
-/// only for a name over 255 bytes, which admission rules out.
-fn child(parent: &Name, label: &str) -> Option<Name> {
-    Name::from_labels([label.as_bytes()])
-        .and_then(|name| name.append_domain(parent))
-        .ok()
+fn srv<'a>(owner: NameRef<'a>, entry: &Entry, target: NameRef<'a>) -> Rec<'a> {
+    let instance = &entry.instance;
+    Rec {
+        owner,
+        ttl: entry.dns_ttl,
+        data: Rdata::Srv {
+            priority: instance.priority,
+            weight: instance.weight,
+            port: instance.port,
+            target,
+        },
+    }
 }
 
 /// `I.S.Z`: the host name SRV records point at.
-fn host_name(origin: &Name, service: &Label, entry: &Entry) -> Option<Name> {
-    child(&child(origin, service.as_str())?, entry.id().as_str())
+fn host_name<'a>(origin: &'a [u8], service: &'a Label, entry: &'a Entry) -> NameRef<'a> {
+    let labels = [
+        LabelRef::plain(entry.id().as_str().as_bytes()),
+        LabelRef::plain(service.as_str().as_bytes()),
+    ];
+    NameRef::under(&labels, origin)
+}
+
+/// `I._S._P.Z`: a DNS-SD service instance.
+fn dns_sd_instance_name<'a>(
+    origin: &'a [u8],
+    service: &'a Label,
+    proto: Proto,
+    entry: &'a Entry,
+) -> NameRef<'a> {
+    let labels = [
+        LabelRef::plain(entry.id().as_str().as_bytes()),
+        LabelRef::underscored(service.as_str().as_bytes()),
+        LabelRef::plain(proto.label().as_bytes()),
+    ];
+    NameRef::under(&labels, origin)
 }
 
 /// `_S._P.Z`: the DNS-SD service type.
-fn service_type_name(origin: &Name, service: &Label, proto: Proto) -> Option<Name> {
-    child(&child(origin, proto.label())?, &format!("_{service}"))
+fn service_type_name<'a>(origin: &'a [u8], service: &'a Label, proto: Proto) -> NameRef<'a> {
+    let labels = [
+        LabelRef::underscored(service.as_str().as_bytes()),
+        LabelRef::plain(proto.label().as_bytes()),
+    ];
+    NameRef::under(&labels, origin)
 }
 
 #[cfg(test)]

@@ -1,22 +1,23 @@
 //! One served zone: its static records (from its zone file), and the registry's
-//! instances in it, read from the latest published snapshot at every query.
+//! instances in it, read from a published snapshot at every query.
 //!
-//! Static names are prepared once, at start-up, in a map. The registry's names are not
+//! Static names are prepared once, at start-up, in a map keyed by their lowercase wire
+//! form, so a query looks them up without building a name. The registry's names are not
 //! stored at all: `naming` finds the instances a name stands for, `records` renders
-//! them. Queries never wait for writers: a snapshot is an `Arc` loaded from an
-//! `ArcSwap` that the registry's writer replaces after each batch.
+//! them into whichever answer path asked. Queries never wait for writers: a snapshot is
+//! an `Arc` loaded from an `ArcSwap` that the registry's writer replaces after each batch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Query, ResponseCode};
-use hickory_proto::rr::rdata::{NS, SOA};
+use hickory_proto::rr::rdata::NS;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
-use hickory_server::zone_handler::LookupError;
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
 use super::naming::{self, Resolution};
-use super::records::{self, wire_len, Fitter, Sampling};
+use super::records::{self, Rdata, Rec, Sampling, Sink, Soa, StaticRecord};
+use super::wire::{NameRef, WireName};
 use super::zone_file::{SoaSpec, ZoneSpec};
 use crate::registry::view::Rotation;
 use crate::registry::{Instance, Label, RegistryError, View, ZoneSettings};
@@ -28,12 +29,17 @@ const MAX_RELATIVE_LABELS: usize = 4;
 pub struct Zone {
     origin: Name,
     lower_origin: LowerName,
+    /// The origin in lowercase wire form.
+    origin_wire: Box<[u8]>,
     default_ttl: u32,
     soa: SoaSpec,
+    soa_mname: Box<[u8]>,
+    soa_rname: Box<[u8]>,
     /// Static RRsets at the apex besides the SOA (NS, and any others the file has).
     apex: Vec<StaticSet>,
-    /// Every other static name; a node without sets is an empty non-terminal.
-    statics: HashMap<LowerName, Vec<StaticSet>>,
+    /// Every other static name by lowercase wire form; a node without sets is an empty
+    /// non-terminal.
+    statics: HashMap<Box<[u8]>, Vec<StaticSet>>,
     /// Service labels whose names a static record already owns (see `static_owner`).
     static_service_labels: HashMap<String, Name>,
 }
@@ -42,19 +48,19 @@ pub struct Zone {
 /// targets) as additional data.
 struct StaticSet {
     record_type: RecordType,
-    records: Vec<Record>,
-    additionals: Vec<Vec<Record>>,
+    records: Vec<StaticRecord>,
+    additionals: Vec<Vec<StaticRecord>>,
     rotation: Rotation,
 }
 
-/// A response's records, and what the response builder must know about them.
-pub struct Answer {
-    pub answers: Vec<Record>,
-    pub additionals: Vec<Record>,
-    /// The answer section did not fit the room (the response will carry TC).
-    pub truncated: bool,
-    /// Records of the complete answer, for messages about truncated answers.
-    pub total: usize,
+/// Why a name has no answer of the asked type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Negative {
+    /// The name exists without data of that type.
+    NoData,
+    NxDomain,
+    /// The snapshot has no such zone: an internal inconsistency, never a client's doing.
+    ServFail,
 }
 
 /// A zone as served: its own data and the registry's snapshots of its instances.
@@ -104,11 +110,14 @@ impl Zone {
             records.iter_mut().for_each(|r| r.ttl = ttl);
         }
 
-        let addresses_of = |target: &Name| -> Vec<Vec<Record>> {
+        let prepare = |records: &[Record]| -> Vec<StaticRecord> {
+            records.iter().map(static_record).collect()
+        };
+        let addresses_of = |target: &Name| -> Vec<Vec<StaticRecord>> {
             let target = LowerName::new(target);
             [RecordType::A, RecordType::AAAA]
                 .iter()
-                .filter_map(|t| grouped.get(&(target.clone(), *t)).cloned())
+                .filter_map(|t| grouped.get(&(target.clone(), *t)).map(|r| prepare(r)))
                 .collect()
         };
         let mut nodes: BTreeMap<LowerName, Vec<StaticSet>> = BTreeMap::new();
@@ -125,7 +134,7 @@ impl Zone {
                 .collect();
             nodes.entry(owner.clone()).or_default().push(StaticSet {
                 record_type: *record_type,
-                records: records.clone(),
+                records: prepare(records),
                 additionals,
                 rotation: Rotation::default(),
             });
@@ -133,7 +142,7 @@ impl Zone {
 
         let apex = nodes.remove(&lower_origin).unwrap_or_default();
         let mut static_service_labels = HashMap::new();
-        let mut statics: HashMap<LowerName, Vec<StaticSet>> = HashMap::new();
+        let mut statics: HashMap<Box<[u8]>, Vec<StaticSet>> = HashMap::new();
         let mut non_terminals: HashSet<LowerName> = HashSet::new();
         for (owner, sets) in nodes {
             if let Some(label) = static_owner(&origin, &owner) {
@@ -145,13 +154,16 @@ impl Zone {
                 non_terminals.insert(ancestor);
                 ancestor = next;
             }
-            statics.insert(owner, sets);
+            statics.insert(lower_wire(&Name::from(owner)), sets);
         }
         for name in non_terminals {
-            statics.entry(name).or_default();
+            statics.entry(lower_wire(&Name::from(name))).or_default();
         }
 
         Zone {
+            origin_wire: lower_wire(&origin),
+            soa_mname: lower_wire(&spec.soa.mname),
+            soa_rname: lower_wire(&spec.soa.rname),
             origin,
             lower_origin,
             default_ttl: spec.ttl,
@@ -168,6 +180,11 @@ impl Zone {
 
     pub fn lower_origin(&self) -> &LowerName {
         &self.lower_origin
+    }
+
+    /// The origin in lowercase wire form.
+    pub fn origin_wire(&self) -> &[u8] {
+        &self.origin_wire
     }
 
     /// What the registry needs to know of this zone.
@@ -190,7 +207,7 @@ impl Zone {
         }
         // The longest names a registration creates: I._S._P.Z and _T._sub._S._P.Z
         // (every label is one length byte plus its text).
-        let zone_len = wire_len(&self.origin);
+        let zone_len = self.origin_wire.len();
         let service_len = service.as_str().len() + 2;
         let proto = instance.proto.label().len() + 1;
         let longest_label = instance
@@ -233,59 +250,55 @@ impl ServedZone {
         &self.zone
     }
 
-    /// Answers `name`/`record_type` from the current snapshot, in a response to
-    /// `question` of at most `room` bytes (`None`: unlimited). `buffer` is scratch
-    /// space. NODATA is `Err(NameExists)`, NXDOMAIN `Err(NXDomain)`, as the Catalog wants.
-    pub fn answer(
-        &self,
-        name: &LowerName,
-        record_type: RecordType,
-        question: &Query,
-        room: Option<usize>,
-        buffer: &mut Vec<u8>,
-    ) -> Result<Answer, LookupError> {
-        let view = self.published.load();
-        let mut out = Fitter::new(buffer, question, room);
-        let total = self.fill(&view, name, record_type, &mut out, true)?;
-        let truncated = out.truncated();
-        let (answers, additionals) = out.finish();
-        Ok(Answer {
-            answers,
-            additionals,
-            truncated,
-            total,
-        })
+    /// The latest published snapshot, to answer from.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<View>> {
+        self.published.load()
     }
 
-    /// Adds the answer for `name` to `out`; returns how many records it has. A CNAME is
-    /// followed once, within the zone (RFC 1034 §4.3.2), when `follow_cname`.
-    fn fill(
-        &self,
-        view: &View,
-        name: &LowerName,
+    /// Adds the answer for `name`/`record_type` in `view` to `out`; returns how many
+    /// records the whole answer has. A CNAME is followed once, within the zone (RFC 1034
+    /// §4.3.2). `name` must be within the zone.
+    pub fn answer<'a, S: Sink>(
+        &'a self,
+        view: &'a View,
+        name: &'a WireName,
         record_type: RecordType,
-        out: &mut Fitter<'_>,
+        out: &mut S,
+    ) -> Result<usize, Negative> {
+        self.fill(view, name, record_type, out, true)
+    }
+
+    fn fill<'a, S: Sink>(
+        &'a self,
+        view: &'a View,
+        name: &WireName,
+        record_type: RecordType,
+        out: &mut S,
         follow_cname: bool,
-    ) -> Result<usize, LookupError> {
+    ) -> Result<usize, Negative> {
         let zone = &*self.zone;
-        if *name == zone.lower_origin {
-            let soa = [self.soa_set(view)];
-            return fill_static(soa.iter().chain(&zone.apex), record_type, out);
+        let owner = NameRef::wire(name.as_wire());
+        if name.as_wire() == &*zone.origin_wire {
+            if matches!(record_type, RecordType::SOA | RecordType::ANY) {
+                out.answer(self.soa(view));
+                return Ok(1);
+            }
+            return fill_static(zone.apex.iter(), owner, record_type, out);
         }
-        if let Some(sets) = zone.statics.get(name) {
-            return match fill_static(sets.iter(), record_type, out) {
-                Err(LookupError::NameExists) if follow_cname => {
+        if let Some(sets) = zone.statics.get(name.as_wire()) {
+            return match fill_static(sets.iter(), owner, record_type, out) {
+                Err(Negative::NoData) if follow_cname => {
                     let Some(cname) = sets.iter().find(|s| s.record_type == RecordType::CNAME)
                     else {
-                        return Err(LookupError::NameExists);
+                        return Err(Negative::NoData);
                     };
-                    let total = fill_static(std::iter::once(cname), RecordType::CNAME, out)?;
-                    let target = cname.records.iter().find_map(|r| match &r.data {
-                        RData::CNAME(target) => Some(LowerName::new(&target.0)),
-                        _ => None,
-                    });
+                    let total = fill_static(std::iter::once(cname), owner, RecordType::CNAME, out)?;
+                    let target = cname
+                        .records
+                        .first()
+                        .and_then(|r| WireName::from_wire(&r.rdata));
                     match target {
-                        Some(target) if zone.lower_origin.zone_of(&target) => {
+                        Some(target) if target.is_within(&zone.origin_wire) => {
                             // The target's own answer, if it has one, follows the CNAME.
                             Ok(total
                                 + self
@@ -298,76 +311,67 @@ impl ServedZone {
                 other => other,
             };
         }
-        let instances = view
-            .zone(self.index)
-            .ok_or(LookupError::from(ResponseCode::ServFail))?;
-        let mut labels = [""; MAX_RELATIVE_LABELS];
-        let relative = usize::from(
-            name.num_labels()
-                .saturating_sub(zone.lower_origin.num_labels()),
-        );
+        let instances = view.zone(self.index).ok_or(Negative::ServFail)?;
+        let relative = name
+            .label_count()
+            .saturating_sub(self.zone.lower_origin.num_labels() as usize);
         if relative > MAX_RELATIVE_LABELS {
-            return Err(ResponseCode::NXDomain.into());
+            return Err(Negative::NxDomain);
         }
-        for (slot, label) in labels.iter_mut().zip(name.iter()) {
+        let mut labels = [""; MAX_RELATIVE_LABELS];
+        for (index, slot) in labels[..relative].iter_mut().enumerate() {
             // Our names are ASCII; a label that is not UTF-8 is not one of them.
-            *slot = std::str::from_utf8(label)
-                .map_err(|_| LookupError::from(ResponseCode::NXDomain))?;
+            *slot = std::str::from_utf8(name.label(index)).map_err(|_| Negative::NxDomain)?;
         }
         match naming::resolve(instances, &labels[..relative], record_type) {
-            Resolution::Data(data) => {
-                let owner = Name::from(name.clone());
-                Ok(records::render(
-                    &data,
-                    &owner,
-                    &zone.origin,
-                    self.sampling,
-                    out,
-                ))
-            }
-            Resolution::NoData => Err(LookupError::NameExists),
-            Resolution::NxDomain => Err(ResponseCode::NXDomain.into()),
+            Resolution::Data(data) => Ok(records::render(
+                &data,
+                owner,
+                &zone.origin_wire,
+                self.sampling,
+                out,
+            )),
+            Resolution::NoData => Err(Negative::NoData),
+            Resolution::NxDomain => Err(Negative::NxDomain),
         }
     }
 
-    /// The SOA, with a serial that grows with every change to the zone.
-    fn soa_set(&self, view: &View) -> StaticSet {
+    /// The zone's SOA record in `view`: its serial grows with every change to the zone.
+    pub fn soa<'a>(&'a self, view: &View) -> Rec<'a> {
         let revision = view.zone(self.index).map_or(0, |zone| zone.revision());
         let zone = &*self.zone;
         let soa = &zone.soa;
-        let rdata = RData::SOA(SOA::new(
-            soa.mname.clone(),
-            soa.rname.clone(),
-            self.serial_base.wrapping_add(revision as u32),
-            soa.refresh,
-            soa.retry,
-            soa.expire,
-            soa.minimum,
-        ));
-        // The SOA's TTL caps negative caching along with its MINIMUM (RFC 2308 §5).
-        let ttl = zone.default_ttl.min(soa.minimum);
-        StaticSet {
-            record_type: RecordType::SOA,
-            records: vec![Record::from_rdata(zone.origin.clone(), ttl, rdata)],
-            additionals: Vec::new(),
-            rotation: Rotation::default(),
+        Rec {
+            owner: NameRef::wire(&zone.origin_wire),
+            // The SOA's TTL caps negative caching along with its MINIMUM (RFC 2308 §5).
+            ttl: zone.default_ttl.min(soa.minimum),
+            data: Rdata::Soa(Soa {
+                mname: &zone.soa_mname,
+                rname: &zone.soa_rname,
+                serial: self.serial_base.wrapping_add(revision as u32),
+                refresh: soa.refresh,
+                retry: soa.retry,
+                expire: soa.expire,
+                minimum: soa.minimum,
+            }),
         }
     }
 }
 
-/// Adds the static RRset of `record_type` among `sets` (the first one for ANY, RFC 8482),
-/// rotating address sets; NODATA when there is none.
-fn fill_static<'a>(
+/// Adds the static RRset of `record_type` among `sets` (the first one for ANY, RFC 8482)
+/// at `owner`, rotating address sets; NODATA when there is none.
+fn fill_static<'a, S: Sink>(
     mut sets: impl Iterator<Item = &'a StaticSet>,
+    owner: NameRef<'_>,
     record_type: RecordType,
-    out: &mut Fitter<'_>,
-) -> Result<usize, LookupError> {
+    out: &mut S,
+) -> Result<usize, Negative> {
     let found = match record_type {
         RecordType::ANY => sets.next(),
         wanted => sets.find(|set| set.record_type == wanted),
     };
     let Some(set) = found else {
-        return Err(LookupError::NameExists);
+        return Err(Negative::NoData);
     };
     let records = &set.records;
     let start = match set.record_type {
@@ -375,16 +379,48 @@ fn fill_static<'a>(
         _ => 0,
     };
     for record in records[start..].iter().chain(&records[..start]) {
-        if !out.answer(record.clone()) {
+        let rec = Rec {
+            owner,
+            ttl: record.record.ttl,
+            data: Rdata::Static(record),
+        };
+        if !out.answer(rec) {
             return Ok(records.len());
         }
     }
     for additional in &set.additionals {
-        if !out.additional_set(additional.clone()) {
+        let recs = additional.iter().map(|record| Rec {
+            owner: NameRef::wire(&record.owner),
+            ttl: record.record.ttl,
+            data: Rdata::Static(record),
+        });
+        if !out.additional_set(recs) {
             break;
         }
     }
     Ok(records.len())
+}
+
+/// A name's lowercase wire form.
+fn lower_wire(name: &Name) -> Box<[u8]> {
+    let mut name = name.to_lowercase();
+    name.set_fqdn(true);
+    name.to_bytes().unwrap_or_default().into_boxed_slice()
+}
+
+/// A zone file record in the forms the answer paths use. Names in its RDATA are written
+/// uncompressed (the canonical form of RFC 4034 §6.2), so the bytes stand alone.
+fn static_record(record: &Record) -> StaticRecord {
+    let mut rdata = Vec::new();
+    let mut encoder = BinEncoder::new(&mut rdata);
+    encoder.set_canonical_form(true);
+    // Zone files hold only types hickory encodes; an error would leave the RDATA empty.
+    let _ = record.data.emit(&mut encoder);
+    StaticRecord {
+        record: record.clone(),
+        owner: lower_wire(&record.name),
+        rdata: rdata.into_boxed_slice(),
+    }
 }
 
 /// The service label whose names a static record at `owner` would occupy: `S` for

@@ -166,6 +166,11 @@ impl Meta {
         self.0.is_empty()
     }
 
+    /// The TXT RDATA, length bytes included; empty when there is no metadata.
+    pub fn as_wire(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The `key=value` strings, without their length bytes.
     pub fn strings(&self) -> impl Iterator<Item = &[u8]> {
         let mut rest: &[u8] = &self.0;
@@ -304,7 +309,7 @@ impl Instance {
     }
 
     /// The IPv4 addresses, in registration order.
-    pub fn v4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pub fn v4(&self) -> impl Iterator<Item = Ipv4Addr> + Clone + '_ {
         self.addresses.iter().filter_map(|a| match a {
             IpAddr::V4(v4) => Some(*v4),
             IpAddr::V6(_) => None,
@@ -312,7 +317,7 @@ impl Instance {
     }
 
     /// The IPv6 addresses, in registration order.
-    pub fn v6(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+    pub fn v6(&self) -> impl Iterator<Item = Ipv6Addr> + Clone + '_ {
         self.addresses.iter().filter_map(|a| match a {
             IpAddr::V6(v6) => Some(*v6),
             IpAddr::V4(_) => None,

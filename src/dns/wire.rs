@@ -1,0 +1,856 @@
+//! DNS messages as bytes: reading a query's header, question and OPT record, and
+//! writing a response with name compression straight into a reused buffer.
+//!
+//! This is the fast path's whole view of the wire (RFC 1035 §4, RFC 6891). It reads only
+//! the plain shape of a query (one question, nothing but an OPT in the additional
+//! section); anything else is left to hickory's full parser. Writing allocates nothing
+//! once a thread's [`Scratch`] has grown to its working size.
+
+/// A DNS message header (RFC 1035 §4.1.1).
+pub const HEADER_LEN: usize = 12;
+/// An OPT record without options (RFC 6891 §6.1.2).
+pub const OPT_LEN: usize = 11;
+/// Longest domain name on the wire (RFC 1035 §2.3.4).
+const MAX_NAME_LEN: usize = 255;
+/// Most labels a name of 255 bytes can have, the root not counted.
+const MAX_LABELS: usize = 127;
+/// Where the question's name starts in every message: right after the header.
+const QUESTION_NAME_OFFSET: u16 = HEADER_LEN as u16;
+/// A compression pointer holds a 14-bit offset (RFC 1035 §4.1.4).
+const MAX_POINTER_OFFSET: usize = 0x3FFF;
+
+pub const TYPE_A: u16 = 1;
+pub const TYPE_NS: u16 = 2;
+pub const TYPE_CNAME: u16 = 5;
+pub const TYPE_SOA: u16 = 6;
+pub const TYPE_PTR: u16 = 12;
+pub const TYPE_TXT: u16 = 16;
+pub const TYPE_AAAA: u16 = 28;
+pub const TYPE_SRV: u16 = 33;
+pub const TYPE_OPT: u16 = 41;
+pub const CLASS_IN: u16 = 1;
+
+/// Header flag bits (RFC 1035 §4.1.1, RFC 2535 §6.1 for CD).
+const FLAG_QR: u16 = 0x8000;
+const FLAG_AA: u16 = 0x0400;
+const FLAG_TC: u16 = 0x0200;
+const FLAG_RD: u16 = 0x0100;
+const FLAG_CD: u16 = 0x0010;
+const OPCODE_MASK: u16 = 0x7800;
+/// The DO bit in an OPT record's TTL field (RFC 3225 §3).
+const EDNS_DO: u32 = 0x8000;
+
+/// A domain name in wire form, lowercase, with where each label starts.
+#[derive(Clone)]
+pub struct WireName {
+    bytes: [u8; MAX_NAME_LEN],
+    len: u8,
+    starts: [u8; MAX_LABELS],
+    labels: u8,
+}
+
+impl WireName {
+    /// Reads an uncompressed name at the start of `input`; returns it and the bytes it
+    /// took. `None` for a compression pointer, a bad label or a name over 255 bytes.
+    pub fn read(input: &[u8]) -> Option<(WireName, usize)> {
+        let mut name = WireName {
+            bytes: [0; MAX_NAME_LEN],
+            len: 0,
+            starts: [0; MAX_LABELS],
+            labels: 0,
+        };
+        let mut at = 0;
+        loop {
+            let len = usize::from(*input.get(at)?);
+            if len == 0 {
+                break;
+            }
+            // A pointer (0xC0) or a reserved label type (0x40, 0x80).
+            if len > 63 || at + 1 + len + 1 > MAX_NAME_LEN {
+                return None;
+            }
+            let label = input.get(at + 1..at + 1 + len)?;
+            name.starts[usize::from(name.labels)] = at as u8;
+            name.labels += 1;
+            name.bytes[at] = len as u8;
+            for (slot, byte) in name.bytes[at + 1..].iter_mut().zip(label) {
+                *slot = byte.to_ascii_lowercase();
+            }
+            at += 1 + len;
+        }
+        name.bytes[at] = 0;
+        name.len = (at + 1) as u8;
+        Some((name, at + 1))
+    }
+
+    /// Reads a name from wire bytes that must hold exactly one uncompressed name.
+    pub fn from_wire(wire: &[u8]) -> Option<WireName> {
+        WireName::read(wire).and_then(|(name, used)| (used == wire.len()).then_some(name))
+    }
+
+    /// The name in wire form, root label included.
+    pub fn as_wire(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Labels, not counting the root.
+    pub fn label_count(&self) -> usize {
+        usize::from(self.labels)
+    }
+
+    /// The `index`th label from the left, without its length byte.
+    pub fn label(&self, index: usize) -> &[u8] {
+        let start = usize::from(self.starts[index]);
+        let len = usize::from(self.bytes[start]);
+        &self.bytes[start + 1..start + 1 + len]
+    }
+
+    /// Whether this name is `zone` or below it (`zone` in lowercase wire form).
+    pub fn is_within(&self, zone: &[u8]) -> bool {
+        let wire = self.as_wire();
+        let Some(cut) = wire.len().checked_sub(zone.len()) else {
+            return false;
+        };
+        // The cut must fall on a label boundary; the root (`zone` of one byte) is above all.
+        wire.ends_with(zone)
+            && (cut == 0
+                || zone.len() == 1
+                || self.starts[..self.label_count()].contains(&(cut as u8)))
+    }
+}
+
+/// What EDNS a query asked for (RFC 6891 §6.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    pub payload: u16,
+    pub version: u8,
+    pub dnssec_ok: bool,
+}
+
+/// A query of the plain shape the fast path answers.
+pub struct Query<'p> {
+    pub id: u16,
+    flags: u16,
+    pub name: WireName,
+    /// The question as the client sent it (name in its case, type, class).
+    pub question: &'p [u8],
+    pub record_type: u16,
+    pub class: u16,
+    pub edns: Option<Edns>,
+}
+
+/// What a received packet is, as far as the fast path cares.
+pub enum Packet<'p> {
+    /// A standard query with one question and at most an OPT record.
+    Query(Query<'p>),
+    /// Not to be answered at all: too short for a header, or a response (QR set).
+    Ignore,
+    /// Any other shape (other opcodes, several questions, TSIG, compressed names,
+    /// trailing bytes): hickory's full parser decides.
+    Other,
+}
+
+impl<'p> Packet<'p> {
+    pub fn parse(packet: &'p [u8]) -> Packet<'p> {
+        if packet.len() < HEADER_LEN {
+            return Packet::Ignore;
+        }
+        let flags = be16(packet, 2);
+        if flags & FLAG_QR != 0 {
+            return Packet::Ignore;
+        }
+        let counts = [
+            be16(packet, 4),
+            be16(packet, 6),
+            be16(packet, 8),
+            be16(packet, 10),
+        ];
+        if flags & OPCODE_MASK != 0 || counts[0] != 1 || counts[1] != 0 || counts[2] != 0 {
+            return Packet::Other;
+        }
+        match Query::read(packet, flags, counts[3]) {
+            Some(query) => Packet::Query(query),
+            None => Packet::Other,
+        }
+    }
+}
+
+impl<'p> Query<'p> {
+    fn read(packet: &'p [u8], flags: u16, additionals: u16) -> Option<Query<'p>> {
+        let (name, name_len) = WireName::read(&packet[HEADER_LEN..])?;
+        let question_end = HEADER_LEN + name_len + 4;
+        let question = packet.get(HEADER_LEN..question_end)?;
+        let mut rest = &packet[question_end..];
+        let edns = match additionals {
+            0 => None,
+            1 => Some(read_opt(&mut rest)?),
+            _ => return None,
+        };
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Query {
+            id: be16(packet, 0),
+            flags,
+            record_type: be16(question, name_len),
+            class: be16(question, name_len + 2),
+            name,
+            question,
+            edns,
+        })
+    }
+
+    /// Whether the client asked for recursion (RD), echoed in the response.
+    fn echoed_flags(&self) -> u16 {
+        self.flags & (FLAG_RD | FLAG_CD)
+    }
+}
+
+/// Reads an OPT record with the root as owner; skips its options.
+fn read_opt(input: &mut &[u8]) -> Option<Edns> {
+    let fixed = input.get(..OPT_LEN)?;
+    if fixed[0] != 0 || be16(fixed, 1) != TYPE_OPT {
+        return None;
+    }
+    let rdata_len = usize::from(be16(fixed, 9));
+    let ttl = u32::from_be_bytes([fixed[5], fixed[6], fixed[7], fixed[8]]);
+    *input = input.get(OPT_LEN + rdata_len..)?;
+    Some(Edns {
+        payload: be16(fixed, 3),
+        version: (ttl >> 16) as u8,
+        dnssec_ok: ttl & EDNS_DO != 0,
+    })
+}
+
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+/// One label of a name being written: its text, after an underscore when `underscore`
+/// (the naming table's `_S`, `_tcp`, `_T` labels, whose text is stored without it).
+#[derive(Clone, Copy, Default)]
+pub struct LabelRef<'a> {
+    pub underscore: bool,
+    pub text: &'a [u8],
+}
+
+impl<'a> LabelRef<'a> {
+    pub fn plain(text: &'a [u8]) -> LabelRef<'a> {
+        LabelRef {
+            underscore: false,
+            text,
+        }
+    }
+
+    pub fn underscored(text: &'a [u8]) -> LabelRef<'a> {
+        LabelRef {
+            underscore: true,
+            text,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.text.len() + usize::from(self.underscore)
+    }
+
+    fn bytes(&self) -> impl Iterator<Item = u8> + 'a {
+        let underscore = self.underscore.then_some(b'_');
+        underscore.into_iter().chain(self.text.iter().copied())
+    }
+}
+
+/// A name to write: up to three labels in front of a name in wire form (a zone origin,
+/// a static record's owner or the query name). Registry names are made this way
+/// without building them: `I.S.Z` is `[I, S]` before `Z`.
+#[derive(Clone, Copy)]
+pub struct NameRef<'a> {
+    head: [LabelRef<'a>; 3],
+    head_len: u8,
+    /// Lowercase, uncompressed wire form, root label included.
+    tail: &'a [u8],
+}
+
+impl<'a> NameRef<'a> {
+    /// A name in lowercase wire form.
+    pub fn wire(tail: &'a [u8]) -> NameRef<'a> {
+        NameRef {
+            head: Default::default(),
+            head_len: 0,
+            tail,
+        }
+    }
+
+    /// `labels` (at most three, leftmost first) in front of `tail`.
+    pub fn under(labels: &[LabelRef<'a>], tail: &'a [u8]) -> NameRef<'a> {
+        let mut head: [LabelRef<'a>; 3] = Default::default();
+        let count = labels.len().min(head.len());
+        head[..count].copy_from_slice(&labels[..count]);
+        NameRef {
+            head,
+            head_len: count as u8,
+            tail,
+        }
+    }
+
+    /// Every label, leftmost first, into `out`; returns how many.
+    fn labels(&self, out: &mut [LabelRef<'a>; MAX_LABELS + 3]) -> usize {
+        let mut count = 0;
+        for label in &self.head[..usize::from(self.head_len)] {
+            out[count] = *label;
+            count += 1;
+        }
+        let mut rest = self.tail;
+        while let Some((&len, after)) = rest.split_first() {
+            let len = usize::from(len);
+            if len == 0 || len > after.len() || count == out.len() {
+                break;
+            }
+            out[count] = LabelRef::plain(&after[..len]);
+            count += 1;
+            rest = &after[len..];
+        }
+        count
+    }
+
+    /// The labels as owned byte strings, leftmost first (for hickory's `Name`).
+    pub fn to_labels(&self) -> Vec<Vec<u8>> {
+        let mut labels = [LabelRef::default(); MAX_LABELS + 3];
+        let count = self.labels(&mut labels);
+        labels[..count]
+            .iter()
+            .map(|l| l.bytes().collect())
+            .collect()
+    }
+}
+
+/// Where earlier names of a message are, by a hash of each of their suffixes, so that
+/// a later name can point at the longest one it shares (RFC 1035 §4.1.4). Open
+/// addressing over a fixed table; a generation number empties it in O(1).
+struct Compression {
+    slots: Box<[Slot]>,
+    generation: u32,
+    used: usize,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    generation: u32,
+    hash: u32,
+    offset: u16,
+}
+
+/// Table size: a power of two, comfortably above the names of a 64 KiB message that
+/// are worth pointing at. Past three quarters full, new names are no longer recorded.
+const COMPRESSION_SLOTS: usize = 4096;
+
+impl Compression {
+    fn new() -> Compression {
+        Compression {
+            slots: vec![Slot::default(); COMPRESSION_SLOTS].into_boxed_slice(),
+            generation: 1,
+            used: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.slots.fill(Slot::default());
+            self.generation = 1;
+        }
+        self.used = 0;
+    }
+
+    fn insert(&mut self, hash: u32, offset: usize) {
+        if offset > MAX_POINTER_OFFSET || self.used * 4 >= COMPRESSION_SLOTS * 3 {
+            return;
+        }
+        let mask = COMPRESSION_SLOTS - 1;
+        let mut index = hash as usize & mask;
+        while self.slots[index].generation == self.generation {
+            index = (index + 1) & mask;
+        }
+        self.slots[index] = Slot {
+            generation: self.generation,
+            hash,
+            offset: offset as u16,
+        };
+        self.used += 1;
+    }
+
+    /// An offset below `written` where `labels` are in `message`, if recorded.
+    fn find(
+        &self,
+        hash: u32,
+        labels: &[LabelRef<'_>],
+        message: &[u8],
+        written: usize,
+    ) -> Option<u16> {
+        let mask = COMPRESSION_SLOTS - 1;
+        let mut index = hash as usize & mask;
+        while self.slots[index].generation == self.generation {
+            let slot = self.slots[index];
+            let offset = usize::from(slot.offset);
+            if slot.hash == hash && offset < written && name_at(message, offset, labels) {
+                return Some(slot.offset);
+            }
+            index = (index + 1) & mask;
+        }
+        None
+    }
+}
+
+/// Whether the name at `offset` of `message` (pointers followed) is `labels`,
+/// ignoring ASCII case.
+fn name_at(message: &[u8], mut offset: usize, labels: &[LabelRef<'_>]) -> bool {
+    let mut labels = labels.iter();
+    // Pointers in our own messages only go backwards; the bound guards against loops.
+    for _ in 0..MAX_NAME_LEN {
+        let Some(&len) = message.get(offset) else {
+            return false;
+        };
+        if len & 0xC0 == 0xC0 {
+            let Some(&low) = message.get(offset + 1) else {
+                return false;
+            };
+            offset = usize::from(u16::from_be_bytes([len & 0x3F, low]));
+            continue;
+        }
+        let len = usize::from(len);
+        let Some(label) = labels.next() else {
+            return len == 0;
+        };
+        if len != label.len() {
+            return false;
+        }
+        let Some(text) = message.get(offset + 1..offset + 1 + len) else {
+            return false;
+        };
+        if !text
+            .iter()
+            .zip(label.bytes())
+            .all(|(a, b)| a.eq_ignore_ascii_case(&b))
+        {
+            return false;
+        }
+        offset += 1 + len;
+    }
+    false
+}
+
+/// FNV-1a over a label, case-folded, continuing from the hash of the labels after it.
+fn suffix_hash(label: &LabelRef<'_>, after: u32) -> u32 {
+    let mut hash = after ^ 0x811c_9dc5;
+    for byte in std::iter::once(label.len() as u8).chain(label.bytes()) {
+        hash ^= u32::from(byte.to_ascii_lowercase());
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// A thread's reusable buffers for writing responses.
+pub struct Scratch {
+    message: Vec<u8>,
+    compression: Compression,
+    /// Offsets of the TTL fields of answer records, so one TTL can be set for the set.
+    answer_ttls: Vec<u16>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            message: Vec::with_capacity(4096),
+            compression: Compression::new(),
+            answer_ttls: Vec::new(),
+        }
+    }
+}
+
+impl Scratch {
+    /// The last response written.
+    pub fn message(&self) -> &[u8] {
+        &self.message
+    }
+}
+
+/// The response sections, in the order they are written.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Section {
+    Answer = 0,
+    Authority = 1,
+    Additional = 2,
+}
+
+/// Writes a response to one query into a [`Scratch`].
+pub struct ResponseWriter<'s> {
+    message: &'s mut Vec<u8>,
+    compression: &'s mut Compression,
+    answer_ttls: &'s mut Vec<u16>,
+    /// Bytes the message may have before its OPT record.
+    room: usize,
+    edns: Option<Edns>,
+    section: Section,
+    counts: [u16; 3],
+    /// Nothing more goes in: a record did not fit.
+    full: bool,
+}
+
+impl<'s> ResponseWriter<'s> {
+    /// Starts the response to `query` in `scratch`: header (AA set, RD and CD echoed),
+    /// the question as asked, and room for `limit` bytes in all, its OPT record
+    /// included when the query had EDNS.
+    pub fn new(scratch: &'s mut Scratch, query: &Query<'_>, limit: usize) -> ResponseWriter<'s> {
+        let Scratch {
+            message,
+            compression,
+            answer_ttls,
+        } = scratch;
+        message.clear();
+        compression.clear();
+        answer_ttls.clear();
+        message.extend_from_slice(&query.id.to_be_bytes());
+        message.extend_from_slice(&(FLAG_QR | FLAG_AA | query.echoed_flags()).to_be_bytes());
+        message.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        message.extend_from_slice(query.question);
+        // Later names may point at any suffix of the question's name.
+        let name = &query.name;
+        let mut hash = 0;
+        for index in (0..name.label_count()).rev() {
+            hash = suffix_hash(&LabelRef::plain(name.label(index)), hash);
+            let offset = usize::from(QUESTION_NAME_OFFSET) + usize::from(name.starts[index]);
+            compression.insert(hash, offset);
+        }
+        let opt = if query.edns.is_some() { OPT_LEN } else { 0 };
+        ResponseWriter {
+            message,
+            compression,
+            answer_ttls,
+            room: limit.saturating_sub(opt),
+            edns: query.edns,
+            section: Section::Answer,
+            counts: [0; 3],
+            full: false,
+        }
+    }
+
+    /// Sets the response code (RFC 1035 §4.1.1; extended codes go in the OPT record).
+    pub fn set_rcode(&mut self, rcode: u8) {
+        self.message[3] = (self.message[3] & 0xF0) | (rcode & 0x0F);
+    }
+
+    /// Clears AA: for REFUSED and other answers that are not from our zone data.
+    pub fn clear_authoritative(&mut self) {
+        self.message[2] &= !((FLAG_AA >> 8) as u8);
+    }
+
+    /// Sets TC: the answer did not fit.
+    pub fn set_truncated(&mut self) {
+        self.message[2] |= (FLAG_TC >> 8) as u8;
+    }
+
+    /// Moves on to a later section. Records of earlier sections can no longer be added.
+    pub fn begin(&mut self, section: Section) {
+        debug_assert!(section >= self.section);
+        self.section = section;
+    }
+
+    /// Whether a record has failed to fit.
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    pub fn answers(&self) -> usize {
+        usize::from(self.counts[Section::Answer as usize])
+    }
+
+    /// Adds a record to the current section, whole or not at all. `rdata` writes the
+    /// record data; false when the record did not fit, after which nothing more goes in.
+    pub fn record(
+        &mut self,
+        owner: NameRef<'_>,
+        record_type: u16,
+        ttl: u32,
+        rdata: impl FnOnce(&mut RdataWriter<'_, 's>),
+    ) -> bool {
+        if self.full {
+            return false;
+        }
+        let mark = self.message.len();
+        self.name(owner, true);
+        self.message.extend_from_slice(&record_type.to_be_bytes());
+        self.message.extend_from_slice(&CLASS_IN.to_be_bytes());
+        let ttl_at = self.message.len();
+        self.message.extend_from_slice(&ttl.to_be_bytes());
+        let length_at = self.message.len();
+        self.message.extend_from_slice(&[0, 0]);
+        rdata(&mut RdataWriter { writer: self });
+        let rdata_len = self.message.len() - length_at - 2;
+        if self.message.len() > self.room || rdata_len > usize::from(u16::MAX) {
+            self.message.truncate(mark);
+            self.full = true;
+            return false;
+        }
+        self.message[length_at..length_at + 2].copy_from_slice(&(rdata_len as u16).to_be_bytes());
+        let section = self.section as usize;
+        self.counts[section] += 1;
+        if self.section == Section::Answer {
+            if let Ok(at) = u16::try_from(ttl_at) {
+                self.answer_ttls.push(at);
+            }
+        }
+        true
+    }
+
+    /// Where the message is now, to roll back to with [`ResponseWriter::rollback`].
+    pub fn mark(&self) -> (usize, [u16; 3]) {
+        (self.message.len(), self.counts)
+    }
+
+    /// Drops everything written since `mark` (an RRset of the additional section that
+    /// did not fit whole).
+    pub fn rollback(&mut self, mark: (usize, [u16; 3])) {
+        self.message.truncate(mark.0);
+        self.counts = mark.1;
+    }
+
+    /// Gives every answer record from the `first`th on this TTL.
+    pub fn set_answer_ttl(&mut self, first: usize, ttl: u32) {
+        for &at in self.answer_ttls.iter().skip(first) {
+            let at = usize::from(at);
+            self.message[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
+        }
+    }
+
+    /// Writes `name`, pointing at the longest suffix already in the message when
+    /// `compress`, and records where its own suffixes are for later names.
+    fn name(&mut self, name: NameRef<'_>, compress: bool) {
+        let mut labels = [LabelRef::default(); MAX_LABELS + 3];
+        let count = name.labels(&mut labels);
+        let labels = &labels[..count];
+        let mut hashes = [0u32; MAX_LABELS + 3];
+        let mut hash = 0;
+        for (index, label) in labels.iter().enumerate().rev() {
+            hash = suffix_hash(label, hash);
+            hashes[index] = hash;
+        }
+        let written = self.message.len();
+        let found = (0..count).find_map(|index| {
+            let pointer =
+                self.compression
+                    .find(hashes[index], &labels[index..], self.message, written)?;
+            Some((index, pointer))
+        });
+        let (own, pointer) = match found {
+            Some((index, pointer)) if compress => (index, Some(pointer)),
+            _ => (count, None),
+        };
+        for (index, label) in labels[..own].iter().enumerate() {
+            // A suffix already recorded keeps its first place; later ones would only
+            // slow the table down.
+            if found.is_none_or(|(at, _)| index < at) {
+                self.compression.insert(hashes[index], self.message.len());
+            }
+            self.message.push(label.len() as u8);
+            self.message.extend(label.bytes());
+        }
+        match pointer {
+            Some(offset) => self
+                .message
+                .extend_from_slice(&(0xC000 | offset).to_be_bytes()),
+            None => self.message.push(0),
+        }
+    }
+
+    /// Finishes the message: section counts, and the OPT record (with `extended_rcode`,
+    /// the upper bits of the response code) when the query had EDNS. Returns it.
+    pub fn finish(self, extended_rcode: u8) -> &'s [u8] {
+        if let Some(edns) = self.edns {
+            let payload = edns.payload.clamp(512, 4096);
+            let ttl = (u32::from(extended_rcode) << 24) | if edns.dnssec_ok { EDNS_DO } else { 0 };
+            self.message.push(0);
+            self.message.extend_from_slice(&TYPE_OPT.to_be_bytes());
+            self.message.extend_from_slice(&payload.to_be_bytes());
+            self.message.extend_from_slice(&ttl.to_be_bytes());
+            self.message.extend_from_slice(&[0, 0]);
+        }
+        let additionals = self.counts[2] + u16::from(self.edns.is_some());
+        for (index, count) in [self.counts[0], self.counts[1], additionals]
+            .into_iter()
+            .enumerate()
+        {
+            let at = 6 + 2 * index;
+            self.message[at..at + 2].copy_from_slice(&count.to_be_bytes());
+        }
+        self.message
+    }
+}
+
+/// Writes one record's data.
+pub struct RdataWriter<'w, 's> {
+    writer: &'w mut ResponseWriter<'s>,
+}
+
+impl RdataWriter<'_, '_> {
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        self.writer.message.extend_from_slice(bytes);
+    }
+
+    pub fn u16(&mut self, value: u16) {
+        self.bytes(&value.to_be_bytes());
+    }
+
+    pub fn u32(&mut self, value: u32) {
+        self.bytes(&value.to_be_bytes());
+    }
+
+    /// A name that may be compressed (NS, CNAME, PTR, MX, SOA: RFC 3597 §4).
+    pub fn name(&mut self, name: NameRef<'_>) {
+        self.writer.name(name, true);
+    }
+
+    /// A name that must not be compressed (SRV, RFC 2782), though later names may
+    /// point at it.
+    pub fn name_uncompressed(&mut self, name: NameRef<'_>) {
+        self.writer.name(name, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &[u8], record_type: u16, edns: Option<u16>) -> Vec<u8> {
+        let mut packet = vec![
+            0x12,
+            0x34,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u8::from(edns.is_some()),
+        ];
+        packet.extend_from_slice(name);
+        packet.extend_from_slice(&record_type.to_be_bytes());
+        packet.extend_from_slice(&CLASS_IN.to_be_bytes());
+        if let Some(payload) = edns {
+            packet.extend_from_slice(&[0, 0, 41]);
+            packet.extend_from_slice(&payload.to_be_bytes());
+            packet.extend_from_slice(&[0, 0, 0x80, 0, 0, 0]);
+        }
+        packet
+    }
+
+    const WEB: &[u8] = b"\x03Web\x03svc\x08internal\x00";
+
+    #[test]
+    fn reads_a_plain_query() {
+        let packet = query(WEB, TYPE_SRV, Some(1232));
+        let Packet::Query(q) = Packet::parse(&packet) else {
+            panic!("not a plain query");
+        };
+        assert_eq!(q.id, 0x1234);
+        assert_eq!(q.name.as_wire(), b"\x03web\x03svc\x08internal\x00");
+        assert_eq!(q.name.label_count(), 3);
+        assert_eq!(q.name.label(1), b"svc");
+        assert_eq!(q.record_type, TYPE_SRV);
+        assert_eq!(
+            q.edns,
+            Some(Edns {
+                payload: 1232,
+                version: 0,
+                dnssec_ok: true
+            })
+        );
+        assert!(q.name.is_within(b"\x03svc\x08internal\x00"));
+        assert!(q.name.is_within(b"\x00"));
+        assert!(!q.name.is_within(b"\x02vc\x08internal\x00"));
+    }
+
+    #[test]
+    fn leaves_other_shapes_to_hickory() {
+        let mut two_questions = query(WEB, TYPE_A, None);
+        two_questions[5] = 2;
+        let mut trailing = query(WEB, TYPE_A, None);
+        trailing.push(0);
+        let mut compressed = query(WEB, TYPE_A, None);
+        compressed.truncate(HEADER_LEN);
+        compressed.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1]);
+        let mut update = query(WEB, TYPE_A, None);
+        update[2] = 0x28;
+        for packet in [two_questions, trailing, compressed, update] {
+            assert!(matches!(Packet::parse(&packet), Packet::Other));
+        }
+        let mut response = query(WEB, TYPE_A, None);
+        response[2] |= 0x80;
+        assert!(matches!(Packet::parse(&response), Packet::Ignore));
+        assert!(matches!(Packet::parse(&[0; 5]), Packet::Ignore));
+    }
+
+    #[test]
+    fn compresses_against_the_question_and_earlier_names() {
+        let packet = query(WEB, TYPE_SRV, None);
+        let Packet::Query(q) = Packet::parse(&packet) else {
+            panic!("not a plain query");
+        };
+        let mut scratch = Scratch::default();
+        let mut writer = ResponseWriter::new(&mut scratch, &q, 512);
+        let zone = b"\x03svc\x08internal\x00";
+        let target = [LabelRef::plain(b"a"), LabelRef::plain(b"web")];
+        assert!(
+            writer.record(NameRef::wire(q.name.as_wire()), TYPE_SRV, 30, |r| {
+                r.u16(0);
+                r.u16(0);
+                r.u16(80);
+                r.name_uncompressed(NameRef::under(&target, zone));
+            })
+        );
+        writer.begin(Section::Additional);
+        assert!(
+            writer.record(NameRef::under(&target, zone), TYPE_A, 30, |r| {
+                r.bytes(&[10, 0, 0, 1])
+            })
+        );
+        let message = writer.finish(0).to_vec();
+        let question_end = HEADER_LEN + WEB.len() + 4;
+        // The owner is a pointer to the question.
+        assert_eq!(&message[question_end..question_end + 2], &[0xC0, 0x0C]);
+        // The SRV target is written out in full; the A record's owner points at it.
+        let target_at = question_end + 2 + 10 + 6;
+        assert_eq!(
+            &message[target_at..target_at + 20],
+            b"\x01a\x03web\x03svc\x08internal\x00"
+        );
+        let a_owner = target_at + 20;
+        assert_eq!(
+            &message[a_owner..a_owner + 2],
+            &(0xC000 | target_at as u16).to_be_bytes()
+        );
+        let parsed = hickory_proto::op::Message::from_vec(&message).expect("valid message");
+        assert_eq!(parsed.answers.len(), 1);
+        assert_eq!(parsed.additionals.len(), 1);
+        assert_eq!(parsed.additionals[0].name.to_ascii(), "a.web.svc.internal.");
+    }
+
+    #[test]
+    fn a_record_that_does_not_fit_leaves_no_trace() {
+        let packet = query(WEB, TYPE_A, None);
+        let Packet::Query(q) = Packet::parse(&packet) else {
+            panic!("not a plain query");
+        };
+        let mut scratch = Scratch::default();
+        let header_and_question = HEADER_LEN + WEB.len() + 4;
+        let mut writer = ResponseWriter::new(&mut scratch, &q, header_and_question + 16 + 10);
+        let owner = NameRef::wire(q.name.as_wire());
+        assert!(writer.record(owner, TYPE_A, 30, |r| r.bytes(&[10, 0, 0, 1])));
+        assert!(!writer.record(owner, TYPE_A, 30, |r| r.bytes(&[10, 0, 0, 2])));
+        assert!(writer.is_full());
+        let message = writer.finish(0);
+        assert_eq!(message.len(), header_and_question + 16);
+        assert_eq!(&message[6..8], &[0, 1]);
+    }
+}
