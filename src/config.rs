@@ -83,6 +83,14 @@ pub struct DnsConfig {
     /// A, AAAA and SRV answers drawn from more instances than this carry a random
     /// sample of this many; unset: every instance, with TC when they do not fit.
     pub max_answer_records: Option<usize>,
+    /// Most DNS-over-TCP connections served at once; more are closed on accept.
+    pub tcp_max_connections: usize,
+    /// Threads answering UDP per listen address, each with its own socket
+    /// (SO_REUSEPORT); unset: one per CPU.
+    pub udp_threads: Option<usize>,
+    /// Answer plain queries in our zones on svcdns's own wire path. `false` sends every
+    /// query through hickory's Catalog instead: slower, for comparing the two.
+    pub fast_path: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +138,9 @@ impl Default for DnsConfig {
             ttl: 5,
             tcp_idle_timeout: 5,
             max_answer_records: None,
+            tcp_max_connections: 1024,
+            udp_threads: None,
+            fast_path: true,
         }
     }
 }
@@ -169,6 +180,12 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         if self.dns.listen.is_empty() {
             return Err("dns.listen must name at least one address".into());
+        }
+        if self.dns.tcp_max_connections == 0 {
+            return Err("dns.tcp_max_connections must be at least 1".into());
+        }
+        if self.dns.udp_threads == Some(0) {
+            return Err("dns.udp_threads must be at least 1 (or left out: one per CPU)".into());
         }
         if self.dns.max_answer_records == Some(0) {
             return Err("dns.max_answer_records must be at least 1 (or left out)".into());

@@ -8,12 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use hickory_proto::rr::Name;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::RegistrationServer;
 use crate::config::Config;
-use crate::dns::server::DnsServer;
-use crate::dns::{zone_file, Sampling, ZoneSpec, Zones};
+use crate::dns::front::{Fallback, Responder};
+use crate::dns::server::{DnsServer, DnsSettings};
+use crate::dns::tcp::TcpSettings;
+use crate::dns::{self, zone_file, Sampling, ZoneSpec, Zones};
 use crate::registry::Registry;
 use crate::stop::StopSignals;
 
@@ -50,14 +52,22 @@ pub async fn run(config: Config) -> Result<()> {
     let sampling = Sampling {
         max_answer_records: config.dns.max_answer_records,
     };
-    let catalog = zones.catalog(&registry.published(), serial, sampling);
-
-    let dns = DnsServer::start(
-        &config.dns.listen,
-        catalog,
-        Duration::from_secs(config.dns.tcp_idle_timeout),
-    )
-    .await?;
+    let served = zones.served(&registry.published(), serial, sampling);
+    let fallback = Fallback::new(dns::catalog(&served));
+    let responder = Arc::new(Responder::new(served, config.dns.fast_path));
+    let dns_settings = DnsSettings {
+        listen: config.dns.listen.clone(),
+        udp_threads: config
+            .dns
+            .udp_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        tcp: TcpSettings {
+            max_connections: config.dns.tcp_max_connections,
+            idle_timeout: Duration::from_secs(config.dns.tcp_idle_timeout),
+        },
+    };
+    raise_open_files_limit();
+    let dns = DnsServer::start(&dns_settings, responder, fallback).await?;
     let registration = RegistrationServer::start(
         registry.clone(),
         config.registration.unix.as_deref(),
@@ -107,4 +117,35 @@ fn zone_specs(config: &Config) -> Result<Vec<ZoneSpec>> {
         specs.push(ZoneSpec::empty(origin, config.dns.ttl, ns_address));
     }
     Ok(specs)
+}
+
+/// Raises the soft limit on open files to the hard limit: every DNS-over-TCP and
+/// registration connection is a file, and the soft default (often 1024) is below what
+/// `dns.tcp_max_connections` and `registration.max_connections` allow together.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "cannot read the open files limit");
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        info!(open_files = limit.rlim_cur, "open files limit");
+        return;
+    }
+    let previous = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), open_files = previous, "cannot raise the open files limit");
+        return;
+    }
+    info!(
+        from = previous,
+        to = limit.rlim_cur,
+        "raised the open files limit"
+    );
 }

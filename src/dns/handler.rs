@@ -3,8 +3,6 @@
 //! sized for the transport the query came on.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use hickory_proto::op::{Query, ResponseCode};
@@ -16,21 +14,15 @@ use hickory_server::zone_handler::{
     AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, LookupRecords,
     ZoneHandler, ZoneTransfer, ZoneType,
 };
-use tracing::warn;
 
 use super::fitter::Fitter;
+use super::front::{warn_huge_answer, CLASSIC_UDP_LIMIT, MAX_UDP_RESPONSE, TCP_LIMIT};
 use super::wire::WireName;
 use super::zone::{Negative, ServedZone};
 
 /// Size of an OPT record without options (RFC 6891 §6.1.2): the Catalog adds one to
 /// every response to an EDNS query.
 const OPT_RECORD_LEN: usize = 11;
-/// Without EDNS a UDP response may have 512 bytes (RFC 1035 §4.2.1).
-const CLASSIC_UDP_LIMIT: usize = 512;
-/// Largest DNS message over TCP (RFC 1035 §4.2.2).
-const TCP_LIMIT: usize = 65_535;
-/// At most one warning about answers too large for TCP per this many seconds.
-const HUGE_ANSWER_WARNING_INTERVAL: u64 = 10;
 
 thread_local! {
     /// Scratch space for measuring responses, reused by every query on a thread.
@@ -95,7 +87,8 @@ impl ZoneHandler for ServedZone {
         });
         if let Ok(answer) = &answer {
             if answer.truncated && request.protocol() != Protocol::Udp {
-                warn_huge_answer(query.name(), query.query_type(), answer);
+                let sent = answer.answers.len().saturating_sub(1);
+                warn_huge_answer(query.name(), query.query_type(), answer.total, sent);
             }
         }
         (
@@ -192,7 +185,7 @@ fn lookup_of(answer: Answer, _options: LookupOptions) -> AuthLookup {
 fn response_room(request: &Request) -> usize {
     let limit = match request.protocol() {
         Protocol::Udp => request.edns.as_ref().map_or(CLASSIC_UDP_LIMIT, |edns| {
-            usize::from(edns.max_payload()).max(CLASSIC_UDP_LIMIT)
+            usize::from(edns.max_payload()).clamp(CLASSIC_UDP_LIMIT, MAX_UDP_RESPONSE)
         }),
         _ => TCP_LIMIT,
     };
@@ -202,32 +195,4 @@ fn response_room(request: &Request) -> usize {
         0
     };
     limit - opt
-}
-
-/// An answer that does not fit even a TCP message goes out with TC, and no client can
-/// get the rest: say so in the log, at most once per interval, with what was dropped.
-fn warn_huge_answer(name: &LowerName, record_type: RecordType, answer: &Answer) {
-    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = LAST_WARNING.load(Ordering::Relaxed);
-    if now < last + HUGE_ANSWER_WARNING_INTERVAL
-        || LAST_WARNING
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let sent = answer.answers.len().saturating_sub(1);
-    warn!(
-        name = %name,
-        r#type = %record_type,
-        records = answer.total,
-        sent,
-        similar_since_last_warning = SUPPRESSED.swap(0, Ordering::Relaxed),
-        "answer does not fit a 65535-byte DNS message: sent truncated (TC); set dns.max_answer_records to answer large sets with a sample"
-    );
 }

@@ -1,11 +1,14 @@
-//! The DNS side: zones built from files and from the live registry, answered through a
-//! hickory-server `Catalog`.
+//! The DNS side: zones built from files and from the live registry, answered by our own
+//! UDP/TCP front on the wire (`front`), with a hickory-server `Catalog` behind it.
 
 pub mod fitter;
+pub mod front;
 pub mod handler;
 pub mod naming;
 pub mod records;
 pub mod server;
+pub mod tcp;
+pub mod udp;
 pub mod wire;
 pub mod zone;
 pub mod zone_file;
@@ -45,27 +48,37 @@ impl Zones {
         self.zones.iter().map(|zone| zone.settings()).collect()
     }
 
-    /// A hickory catalog with one zone handler per zone, answering from the snapshots
-    /// published in `published` (whose zones are in the order of [`Zones::settings`]).
-    pub fn catalog(
+    /// Every zone as served from the snapshots published in `published` (whose zones
+    /// are in the order of [`Zones::settings`]).
+    pub fn served(
         &self,
         published: &Arc<ArcSwap<View>>,
         serial_base: u32,
         sampling: Sampling,
-    ) -> Catalog {
-        let mut catalog = Catalog::new();
-        for (index, zone) in self.zones.iter().enumerate() {
-            let served = ServedZone::new(
-                zone.clone(),
-                published.clone(),
-                index,
-                serial_base,
-                sampling,
-            );
-            catalog.upsert(zone.lower_origin().clone(), vec![Arc::new(served)]);
-        }
-        catalog
+    ) -> Vec<Arc<ServedZone>> {
+        self.zones
+            .iter()
+            .enumerate()
+            .map(|(index, zone)| {
+                Arc::new(ServedZone::new(
+                    zone.clone(),
+                    published.clone(),
+                    index,
+                    serial_base,
+                    sampling,
+                ))
+            })
+            .collect()
     }
+}
+
+/// A hickory catalog with the served zones as its zone handlers.
+pub fn catalog(served: &[Arc<ServedZone>]) -> Catalog {
+    let mut catalog = Catalog::new();
+    for zone in served {
+        catalog.upsert(zone.zone().lower_origin().clone(), vec![zone.clone()]);
+    }
+    catalog
 }
 
 impl Admission for Zones {

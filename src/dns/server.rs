@@ -1,70 +1,100 @@
-//! Binding the DNS listeners: UDP and TCP on the same port of every listen address.
+//! Binding the DNS listeners: UDP and TCP on the same port of every listen address,
+//! served by our own front (`udp`, `tcp`) with hickory's `Catalog` behind it.
 
 use std::io;
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 
-use hickory_server::zone_handler::Catalog;
-use hickory_server::Server;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
-/// Responses queued per DNS/TCP connection (hickory-dns's default).
-const TCP_RESPONSE_BUFFER: usize = 32;
+use super::front::{Fallback, Responder};
+use super::tcp::{self, TcpSettings};
+use super::udp::{self, UdpFront};
+
 /// Tries to find a port free for both UDP and TCP when the configured port is 0.
 const EPHEMERAL_PORT_TRIES: usize = 16;
 
 /// A running DNS server and the addresses it actually listens on (port 0 resolved).
 pub struct DnsServer {
-    server: Server<Catalog>,
+    udp: UdpFront,
+    tcp: Vec<JoinHandle<()>>,
     pub local_addrs: Vec<SocketAddr>,
 }
 
+/// How the DNS listeners run.
+pub struct DnsSettings {
+    pub listen: Vec<SocketAddr>,
+    pub udp_threads: usize,
+    pub tcp: TcpSettings,
+}
+
 impl DnsServer {
-    /// Binds every address and starts serving `catalog`. Must run inside a tokio runtime.
+    /// Binds every address and starts serving. Must run inside a tokio runtime, which
+    /// also runs the TCP connections and the Catalog.
     pub async fn start(
-        listen: &[SocketAddr],
-        catalog: Catalog,
-        tcp_idle_timeout: Duration,
+        settings: &DnsSettings,
+        responder: Arc<Responder>,
+        fallback: Fallback,
     ) -> io::Result<DnsServer> {
-        let mut server = Server::new(catalog);
-        let mut local_addrs = Vec::with_capacity(listen.len());
-        for address in listen {
-            let (udp, tcp) = bind_pair(*address).await.map_err(|e| {
+        let mut local_addrs = Vec::with_capacity(settings.listen.len());
+        let mut udp_sockets = Vec::new();
+        let mut tcp = Vec::new();
+        for address in &settings.listen {
+            let (udp, listener) = bind_pair(*address, settings.udp_threads).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen for DNS on {address}: {e}"))
             })?;
-            local_addrs.push(udp.local_addr()?);
-            server.register_socket(udp);
-            server.register_listener(tcp, tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+            local_addrs.push(listener.local_addr()?);
+            udp_sockets.extend(udp);
+            tcp.push(tokio::spawn(tcp::serve(
+                listener,
+                responder.clone(),
+                fallback.clone(),
+                settings.tcp.clone(),
+            )));
         }
+        let shared = udp::Shared::new(responder, fallback, tokio::runtime::Handle::current());
+        let udp = UdpFront::start(udp_sockets, shared)?;
         Ok(DnsServer {
-            server,
+            udp,
+            tcp,
             local_addrs,
         })
     }
 
-    /// Stops the listeners and waits for them to finish.
-    pub async fn shutdown(mut self) -> io::Result<()> {
-        self.server
-            .shutdown_gracefully()
+    /// Stops the listeners and waits for the UDP threads to finish.
+    pub async fn shutdown(self) -> io::Result<()> {
+        for listener in &self.tcp {
+            listener.abort();
+        }
+        let udp = self.udp;
+        tokio::task::spawn_blocking(move || udp.shutdown())
             .await
-            .map_err(|e| io::Error::other(e.to_string()))
+            .map_err(io::Error::other)
     }
 }
 
-/// Binds UDP and TCP on one port. With port 0 the kernel picks the UDP port and TCP
+/// Binds the UDP sockets and the TCP listener of one address on one port. TCP is bound
+/// without SO_REUSEPORT, so a second server on the same port fails here instead of
+/// silently sharing the UDP traffic. With port 0 the kernel picks the UDP port and TCP
 /// takes the same number; if another program holds it for TCP, try again.
-async fn bind_pair(address: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
-    if address.port() != 0 {
-        return Ok((
-            UdpSocket::bind(address).await?,
-            TcpListener::bind(address).await?,
-        ));
-    }
+fn bind_pair(address: SocketAddr, udp_threads: usize) -> io::Result<(Vec<UdpSocket>, TcpListener)> {
     let mut last_error = None;
-    for _ in 0..EPHEMERAL_PORT_TRIES {
-        let udp = UdpSocket::bind(address).await?;
-        match TcpListener::bind(udp.local_addr()?).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+    let tries = if address.port() == 0 {
+        EPHEMERAL_PORT_TRIES
+    } else {
+        1
+    };
+    for _ in 0..tries {
+        let udp = udp::bind(address, udp_threads)?;
+        let port = udp.first().map_or(address.port(), |s| {
+            s.local_addr().map_or(address.port(), |a| a.port())
+        });
+        match std::net::TcpListener::bind(SocketAddr::new(address.ip(), port)) {
+            Ok(listener) => {
+                listener.set_nonblocking(true)?;
+                return Ok((udp, TcpListener::from_std(listener)?));
+            }
             Err(e) => last_error = Some(e),
         }
     }

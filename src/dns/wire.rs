@@ -140,6 +140,8 @@ pub struct Query<'p> {
 }
 
 /// What a received packet is, as far as the fast path cares.
+// A query is parsed once per packet on the stack; boxing it would allocate per query.
+#[allow(clippy::large_enum_variant)]
 pub enum Packet<'p> {
     /// A standard query with one question and at most an OPT record.
     Query(Query<'p>),
@@ -546,6 +548,10 @@ impl<'s> ResponseWriter<'s> {
     /// Sets TC: the answer did not fit.
     pub fn set_truncated(&mut self) {
         self.message[2] |= (FLAG_TC >> 8) as u8;
+    }
+
+    pub fn is_truncated(&self) -> bool {
+        self.message[2] & (FLAG_TC >> 8) as u8 != 0
     }
 
     /// Moves on to a later section. Records of earlier sections can no longer be added.

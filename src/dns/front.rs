@@ -1,0 +1,292 @@
+//! What every DNS packet meets first, on either transport: plain queries for names in
+//! our zones are answered here, from the published snapshot straight into wire bytes;
+//! everything else goes to hickory's `Catalog` (DESIGN §5).
+//!
+//! The fast path takes no lock and allocates nothing: the question is read in place,
+//! the snapshot is an `ArcSwap` load, and the answer is rendered into the thread's
+//! [`Scratch`], compressed against the question. Its answers are those of the Catalog
+//! path (a test compares them, `tests/answer_paths.rs`), except where the Catalog is
+//! wrong: the OPT record stays in truncated replies (RFC 6891 §7), REFUSED and BADVERS
+//! carry no AA, UDP replies never exceed 4096 bytes, SOA answers carry no NS RRset in
+//! the authority section, and the DO bit is echoed (RFC 3225 §3), as Knot does.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hickory_proto::rr::{Record, RecordType};
+use hickory_proto::serialize::binary::BinEncoder;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::net::NetError;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::{Catalog, MessageResponse};
+use tracing::warn;
+
+use super::records;
+use super::wire::{
+    Packet, Query, ResponseWriter, Scratch, Section, WireName, CLASS_IN, HEADER_LEN,
+};
+use super::zone::{Negative, ServedZone};
+
+/// Without EDNS a UDP response may have 512 bytes (RFC 1035 §4.2.1).
+pub const CLASSIC_UDP_LIMIT: usize = 512;
+/// The most a UDP response carries whatever the client offers: larger ones fragment,
+/// and fragments get lost (DNS flag day 2020 settled on less; 4096 is BIND's and
+/// hickory's ceiling).
+pub const MAX_UDP_RESPONSE: usize = 4096;
+/// Largest DNS message over TCP (RFC 1035 §4.2.2).
+pub const TCP_LIMIT: usize = 65_535;
+/// At most one warning about answers too large for TCP per this many seconds.
+const HUGE_ANSWER_WARNING_INTERVAL: u64 = 10;
+
+const RCODE_SERVFAIL: u8 = 2;
+const RCODE_NXDOMAIN: u8 = 3;
+const RCODE_REFUSED: u8 = 5;
+/// BADVERS (16) is all in the OPT record's extended bits (RFC 6891 §6.1.3).
+const EXTENDED_RCODE_BADVERS: u8 = 1;
+
+/// Query types only hickory handles: zone transfers, the obsolete mail types, OPT.
+fn for_hickory(record_type: u16) -> bool {
+    matches!(record_type, 41 | 251..=254)
+}
+
+/// The transport a query came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn protocol(self) -> Protocol {
+        match self {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        }
+    }
+}
+
+/// What to do with a packet.
+pub enum Reply<'s> {
+    /// Send these bytes back.
+    Send(&'s [u8]),
+    /// Hand the packet to the Catalog ([`Fallback::answer`]).
+    Fallback,
+    /// Send nothing: not a query.
+    Ignore,
+}
+
+/// Answers plain queries for our zones from the published snapshots.
+pub struct Responder {
+    zones: Vec<Arc<ServedZone>>,
+    /// When false every query goes to the Catalog (`dns.fast_path: false`).
+    enabled: bool,
+}
+
+impl Responder {
+    pub fn new(zones: Vec<Arc<ServedZone>>, enabled: bool) -> Responder {
+        Responder { zones, enabled }
+    }
+
+    /// Answers `packet` into `scratch`, or says who else must.
+    pub fn respond<'s>(
+        &self,
+        packet: &[u8],
+        transport: Transport,
+        scratch: &'s mut Scratch,
+    ) -> Reply<'s> {
+        let query = match Packet::parse(packet) {
+            Packet::Query(query) => query,
+            Packet::Ignore => return Reply::Ignore,
+            Packet::Other => return Reply::Fallback,
+        };
+        if !self.enabled || for_hickory(query.record_type) {
+            return Reply::Fallback;
+        }
+        // Names outside our zones are the Catalog's (REFUSED today, forwarding later).
+        let Some(zone) = self.zone_of(&query.name) else {
+            return Reply::Fallback;
+        };
+        let limit = match (transport, query.edns) {
+            (Transport::Tcp, _) => TCP_LIMIT,
+            (Transport::Udp, None) => CLASSIC_UDP_LIMIT,
+            (Transport::Udp, Some(edns)) => {
+                usize::from(edns.payload).clamp(CLASSIC_UDP_LIMIT, MAX_UDP_RESPONSE)
+            }
+        };
+        let mut out = ResponseWriter::new(scratch, &query, limit);
+        if query.edns.is_some_and(|edns| edns.version > 0) {
+            out.clear_authoritative();
+            return Reply::Send(out.finish(EXTENDED_RCODE_BADVERS));
+        }
+        if query.class != CLASS_IN {
+            // Our data is all class IN; other classes are not ours to answer.
+            out.clear_authoritative();
+            out.set_rcode(RCODE_REFUSED);
+            return Reply::Send(out.finish(0));
+        }
+        let view = zone.snapshot();
+        let record_type = RecordType::from(query.record_type);
+        match zone.answer(&view, &query.name, record_type, &mut out) {
+            Ok(total) => {
+                if out.is_truncated() && transport == Transport::Tcp {
+                    warn_huge_answer(&query_name(&query), record_type, total, out.answers());
+                }
+            }
+            Err(Negative::ServFail) => out.set_rcode(RCODE_SERVFAIL),
+            Err(negative) => {
+                if negative == Negative::NxDomain {
+                    out.set_rcode(RCODE_NXDOMAIN);
+                }
+                // The SOA tells resolvers how long to cache the absence (RFC 2308 §3).
+                out.begin(Section::Authority);
+                records::write(&mut out, zone.soa(&view));
+            }
+        }
+        Reply::Send(out.finish(0))
+    }
+
+    /// The zone `name` is in; the deepest one when zones nest.
+    fn zone_of(&self, name: &WireName) -> Option<&ServedZone> {
+        self.zones
+            .iter()
+            .filter(|zone| name.is_within(zone.zone().origin_wire()))
+            .max_by_key(|zone| zone.zone().origin_wire().len())
+            .map(|zone| &**zone)
+    }
+}
+
+/// The question's name as text, for log messages.
+fn query_name(query: &Query<'_>) -> String {
+    let name = &query.name;
+    let mut text = String::new();
+    for index in 0..name.label_count() {
+        text.push_str(&String::from_utf8_lossy(name.label(index)));
+        text.push('.');
+    }
+    if text.is_empty() {
+        text.push('.');
+    }
+    text
+}
+
+/// An answer that does not fit even a TCP message goes out with TC, and no client can
+/// get the rest: say so in the log, at most once per interval, with what was dropped.
+pub fn warn_huge_answer(
+    name: &dyn fmt::Display,
+    record_type: RecordType,
+    total: usize,
+    sent: usize,
+) {
+    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNING.load(Ordering::Relaxed);
+    if now < last + HUGE_ANSWER_WARNING_INTERVAL
+        || LAST_WARNING
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    warn!(
+        name = %name,
+        r#type = %record_type,
+        records = total,
+        sent,
+        similar_since_last_warning = SUPPRESSED.swap(0, Ordering::Relaxed),
+        "answer does not fit a 65535-byte DNS message: sent truncated (TC); set dns.max_answer_records to answer large sets with a sample"
+    );
+}
+
+/// The Catalog, for every query the fast path leaves: other opcodes and classes, names
+/// outside our zones, zone transfers, signed or otherwise unusual messages.
+#[derive(Clone)]
+pub struct Fallback {
+    catalog: Arc<Catalog>,
+}
+
+impl Fallback {
+    pub fn new(catalog: Catalog) -> Fallback {
+        Fallback {
+            catalog: Arc::new(catalog),
+        }
+    }
+
+    /// The Catalog's response to `packet` from `source`, if it gives one. A message that
+    /// does not parse gets FORMERR, as hickory's own server answers it.
+    pub async fn answer(
+        &self,
+        packet: Vec<u8>,
+        source: SocketAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let request = match Request::from_bytes(packet.clone(), source, transport.protocol()) {
+            Ok(request) => request,
+            Err(_) => return format_error(&packet),
+        };
+        let captured = Captured {
+            transport,
+            response: Arc::new(Mutex::new(None)),
+        };
+        self.catalog
+            .handle_request::<_, TokioTime>(&request, captured.clone())
+            .await;
+        let response = captured.response.lock().ok()?.take();
+        response
+    }
+}
+
+/// FORMERR for a message whose header is readable: same ID and opcode, no sections.
+fn format_error(packet: &[u8]) -> Option<Vec<u8>> {
+    let header = packet.get(..HEADER_LEN)?;
+    let opcode = header[2] & 0x78;
+    let mut response = vec![0; HEADER_LEN];
+    response[..2].copy_from_slice(&header[..2]);
+    response[2] = 0x80 | opcode;
+    response[3] = 1;
+    Some(response)
+}
+
+/// A `ResponseHandler` that keeps the encoded response for the caller to send.
+#[derive(Clone)]
+struct Captured {
+    transport: Transport,
+    response: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Captured {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let limit = match self.transport {
+            Transport::Tcp => TCP_LIMIT,
+            Transport::Udp => response.edns().map_or(CLASSIC_UDP_LIMIT, |edns| {
+                usize::from(edns.max_payload()).clamp(CLASSIC_UDP_LIMIT, MAX_UDP_RESPONSE)
+            }),
+        };
+        let mut bytes = Vec::with_capacity(CLASSIC_UDP_LIMIT);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(limit as u16);
+        let info = response.destructive_emit(&mut encoder)?;
+        if let Ok(mut slot) = self.response.lock() {
+            *slot = Some(bytes);
+        }
+        Ok(info)
+    }
+}

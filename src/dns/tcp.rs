@@ -1,0 +1,181 @@
+//! DNS over TCP (RFC 7766): our own accept loop, with a cap on connections, an idle
+//! timeout, backoff when accepting fails (EMFILE must not spin a core), and pipelined
+//! queries answered in order on each connection.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+use super::front::{Fallback, Reply, Responder, Transport};
+use super::wire::Scratch;
+
+/// First pause after a failed accept; doubled on each failure in a row.
+const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one warning about failed accepts or refused connections per this interval.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// Buffered bytes per connection and direction.
+const CONNECTION_BUFFER: usize = 16 * 1024;
+
+thread_local! {
+    /// Scratch space for answers, one per runtime thread: connections borrow it only
+    /// while an answer is written, never across an await.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// How TCP connections are served.
+#[derive(Clone)]
+pub struct TcpSettings {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+/// Accepts connections on `listener` until the task is aborted; aborting it also ends
+/// every connection it started.
+pub async fn serve(
+    listener: TcpListener,
+    responder: Arc<Responder>,
+    fallback: Fallback,
+    settings: TcpSettings,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let mut connections = JoinSet::new();
+    let mut backoff = ACCEPT_BACKOFF_START;
+    let mut warnings = Throttle::default();
+    loop {
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_START;
+                accepted
+            }
+            Err(e) => {
+                if warnings.ready() {
+                    warn!(error = %e, pause_ms = backoff.as_millis() as u64, "accepting a DNS-over-TCP connection failed");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        // Over the cap the connection is closed at once: the client learns right away
+        // and can retry, instead of waiting in the kernel's backlog.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if warnings.ready() {
+                warn!(%peer, max = settings.max_connections, "DNS-over-TCP connection refused: dns.tcp_max_connections reached");
+            }
+            continue;
+        };
+        let responder = responder.clone();
+        let fallback = fallback.clone();
+        let idle_timeout = settings.idle_timeout;
+        connections.spawn(async move {
+            if let Err(e) = connection(stream, peer, &responder, &fallback, idle_timeout).await {
+                debug!(%peer, error = %e, "DNS-over-TCP connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one connection: reads queries as they come, answers each in order, and
+/// flushes when no further query is already waiting (so a pipelined burst goes out in
+/// few writes). Ends on EOF, after `idle_timeout` without a query, or when the client
+/// does not take its responses within it.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    responder: &Responder,
+    fallback: &Fallback,
+    idle_timeout: Duration,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (reader, writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(CONNECTION_BUFFER, reader);
+    let mut writer = BufWriter::with_capacity(CONNECTION_BUFFER, writer);
+    let mut query = Vec::new();
+    let mut response = Vec::new();
+    loop {
+        let len = match timeout(idle_timeout, reader.read_u16()).await {
+            Ok(Ok(len)) => usize::from(len),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        };
+        query.resize(len, 0);
+        timeout(idle_timeout, reader.read_exact(&mut query))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query not received in time"))??;
+
+        response.clear();
+        let to_catalog = SCRATCH.with(|scratch| {
+            match responder.respond(&query, Transport::Tcp, &mut scratch.borrow_mut()) {
+                Reply::Send(bytes) => {
+                    response.extend_from_slice(bytes);
+                    false
+                }
+                Reply::Fallback => true,
+                Reply::Ignore => false,
+            }
+        });
+        if to_catalog {
+            if let Some(bytes) = fallback.answer(query.clone(), peer, Transport::Tcp).await {
+                response = bytes;
+            }
+        }
+        let flush = reader.buffer().is_empty();
+        timeout(idle_timeout, send(&mut writer, &response, flush))
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "responses not taken in time")
+            })??;
+    }
+}
+
+/// Writes `response` with its length prefix (none when it is empty), and flushes when
+/// `flush`.
+async fn send<W: AsyncWriteExt + Unpin>(
+    writer: &mut W,
+    response: &[u8],
+    flush: bool,
+) -> io::Result<()> {
+    if !response.is_empty() {
+        // Responses are at most 65535 bytes (the writer's and hickory's TCP limit).
+        let len = u16::try_from(response.len()).unwrap_or(u16::MAX);
+        writer.write_all(&len.to_be_bytes()).await?;
+        writer.write_all(&response[..usize::from(len)]).await?;
+    }
+    if flush {
+        writer.flush().await?;
+    }
+    Ok(())
+}
+
+/// Lets a repeated warning through at most once per [`WARNING_INTERVAL`].
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    fn ready(&mut self) -> bool {
+        let now = Instant::now();
+        let ready = self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= WARNING_INTERVAL);
+        if ready {
+            self.last = Some(now);
+        }
+        ready
+    }
+}
