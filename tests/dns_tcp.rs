@@ -164,3 +164,47 @@ fn bad_messages_over_tcp_do_not_hurt_the_server() {
     let answer = server.query_over("svc.internal.", RecordType::SOA, Transport::Tcp);
     assert_eq!(rcode(&answer), ResponseCode::NoError);
 }
+
+#[test]
+fn running_out_of_file_descriptors_neither_spins_nor_stops_the_server() {
+    let server = Svcdns::with_open_files_limit(64);
+    // Connections past the descriptors left make accept fail with EMFILE; the kernel
+    // still completes their handshakes, so they keep the accept loop failing.
+    let held: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect(server.dns).ok())
+        .collect();
+    assert!(held.len() > 64, "only {} connections opened", held.len());
+    let before = server.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = server.cpu_ticks() - before;
+    // A loop retrying at once burns all 200 ticks of the 2 s; backing off, a handful.
+    assert!(
+        used < 100,
+        "{used} ticks of CPU in 2 s while out of descriptors"
+    );
+    let logs = server.logs();
+    assert!(
+        logs.contains("accepting a DNS-over-TCP connection failed"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("open files limit"),
+        "the limit is logged at start: {logs}"
+    );
+    // UDP is untouched, and TCP recovers once descriptors are free again.
+    assert_eq!(
+        rcode(&server.query("svc.internal.", RecordType::SOA)),
+        ResponseCode::NoError
+    );
+    drop(held);
+    assert!(eventually(WAIT, || {
+        let Ok(mut stream) = TcpStream::connect(server.dns) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        stream
+            .write_all(&framed(&query_packet(3, "svc.internal.", 6)))
+            .is_ok()
+            && !closed_or_answered(&mut stream)
+    }));
+}

@@ -12,8 +12,8 @@ use crate::server::Server;
 use crate::{ms, option, quantile, Table};
 
 /// The dataset of `../shared/bench/gen.py`: 1000 services `webS` x 3 instances.
-const BASE_SERVICES: usize = 1000;
-const BASE_INSTANCES: usize = 3;
+pub const BASE_SERVICES: usize = 1000;
+pub const BASE_INSTANCES: usize = 3;
 
 pub fn run(args: &[String]) {
     let seconds: u64 = option(args, "--seconds", 5);
@@ -233,15 +233,15 @@ pub fn dataset(total: usize) -> Vec<String> {
 }
 
 /// dnsperf's query files for the 3k names (as `gen.py` writes them).
-struct QueryFiles {
+pub struct QueryFiles {
     dir: PathBuf,
-    srv: PathBuf,
-    a: PathBuf,
-    mixed: PathBuf,
+    pub srv: PathBuf,
+    pub a: PathBuf,
+    pub mixed: PathBuf,
 }
 
 impl QueryFiles {
-    fn write() -> QueryFiles {
+    pub fn write() -> QueryFiles {
         let dir = std::env::temp_dir().join(format!("svcdns-bench-queries-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("query directory");
         let mut random = 1u64;

@@ -48,9 +48,10 @@ const RCODE_REFUSED: u8 = 5;
 /// BADVERS (16) is all in the OPT record's extended bits (RFC 6891 §6.1.3).
 const EXTENDED_RCODE_BADVERS: u8 = 1;
 
-/// Query types only hickory handles: zone transfers, the obsolete mail types, OPT.
+/// Query types only hickory handles: OPT, TKEY, TSIG, zone transfers and the obsolete
+/// mail types (RFC 6895 §3.1: meta and query types).
 fn for_hickory(record_type: u16) -> bool {
-    matches!(record_type, 41 | 251..=254)
+    matches!(record_type, 41 | 249..=254)
 }
 
 /// The transport a query came on.

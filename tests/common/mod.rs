@@ -60,7 +60,15 @@ impl Svcdns {
     /// line without indentation (e.g. `"max_answer_records: 3"`). The harness writes
     /// `dns:` itself (for `listen`), and a second `dns:` key in the file is an error.
     pub fn with_dns_config(zones: &[(&str, &str)], dns_lines: &str) -> Svcdns {
-        match Svcdns::launch(zones, dns_lines, "") {
+        match Svcdns::launch(zones, dns_lines, "", None) {
+            Ok(server) => server,
+            Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
+        }
+    }
+
+    /// Starts svcdns with at most `limit` open files, soft and hard, so it cannot raise it.
+    pub fn with_open_files_limit(limit: u32) -> Svcdns {
+        match Svcdns::launch(&[], "", "", Some(limit)) {
             Ok(server) => server,
             Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
         }
@@ -68,13 +76,14 @@ impl Svcdns {
 
     /// Starts svcdns; on failure returns what it printed to stderr.
     pub fn try_start(zones: &[(&str, &str)], extra_config: &str) -> Result<Svcdns, String> {
-        Svcdns::launch(zones, "", extra_config)
+        Svcdns::launch(zones, "", extra_config, None)
     }
 
     fn launch(
         zones: &[(&str, &str)],
         dns_lines: &str,
         extra_config: &str,
+        open_files: Option<u32>,
     ) -> Result<Svcdns, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("zones")).expect("zones dir");
@@ -90,8 +99,24 @@ impl Svcdns {
             "dns:\n  listen: [\"127.0.0.1:0\"]\n{dns_extra}registration:\n  unix: svcdns.sock\n  tcp: 127.0.0.1:0\nzones_dir: zones\n{extra_config}"
         );
         std::fs::write(dir.path().join("svcdns.yaml"), config).expect("config");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config", "svcdns.yaml"])
+        let mut command = match open_files {
+            // `ulimit -n` in sh sets the soft and the hard limit; exec keeps the pid.
+            Some(limit) => {
+                let mut command = Command::new("sh");
+                command.args([
+                    "-c",
+                    &format!("ulimit -n {limit} && exec \"$0\" serve --config svcdns.yaml"),
+                    BIN,
+                ]);
+                command
+            }
+            None => {
+                let mut command = Command::new(BIN);
+                command.args(["serve", "--config", "svcdns.yaml"]);
+                command
+            }
+        };
+        let mut child = command
             .current_dir(dir.path())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -162,6 +187,28 @@ impl Svcdns {
 
     pub fn query_over(&self, name: &str, rtype: RecordType, transport: Transport) -> Message {
         query(self.dns, name, rtype, transport)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// CPU time the process has used so far (user + system), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime: fields 14 and 15 of stat, 12 and 13 after the name.
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks(11) + ticks(12)
     }
 
     /// Whether the process is still running.
