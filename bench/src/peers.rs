@@ -231,7 +231,7 @@ impl Churner {
             while !flag.load(Ordering::Relaxed) {
                 for _ in 0..per_step {
                     let id = changes / 2 % 500;
-                    let line = if changes % 2 == 0 {
+                    let line = if changes.is_multiple_of(2) {
                         client::register(
                             "churn",
                             &format!("churn-{id}"),
