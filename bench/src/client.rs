@@ -131,6 +131,19 @@ impl Session {
         }
     }
 
+    /// Sends several request lines in one write, then reads as many replies.
+    pub fn burst(&mut self, lines: &str, count: usize) {
+        self.writer
+            .write_all(lines.as_bytes())
+            .expect("send requests");
+        for _ in 0..count {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line).unwrap_or(0) == 0 {
+                panic!("the server closed the connection");
+            }
+        }
+    }
+
     /// Sends one request line and returns the reply line.
     pub fn request(&mut self, line: &str) -> &str {
         self.writer

@@ -58,7 +58,12 @@ pub fn run(args: &[String]) {
             Err(why) => eprintln!("{}: skipped ({why})", kind.name()),
         }
     }
-    let mut churn = Contender::new("svcdns + 1k changes/s", svcdns.dns, svcdns.pid());
+    let mut churns = [Pacing::Bursts, Pacing::OneAtATime].map(|pacing| {
+        (
+            pacing,
+            Contender::new(pacing.label(), svcdns.dns, svcdns.pid()),
+        )
+    });
 
     let files = [&queries.srv, &queries.a, &queries.mixed];
     for _ in 0..rounds {
@@ -67,14 +72,16 @@ pub fn run(args: &[String]) {
                 contender.measure(mix, file, seconds);
             }
         }
-        let changing = Churner::start(&svcdns.unix);
-        for (mix, file) in files.iter().enumerate() {
-            churn.measure(mix, file, seconds);
+        for (pacing, churn) in &mut churns {
+            let changing = Churner::start(&svcdns.unix, *pacing);
+            for (mix, file) in files.iter().enumerate() {
+                churn.measure(mix, file, seconds);
+            }
+            let changes = changing.stop();
+            churn.changes_per_second.push(changes);
         }
-        let changes = changing.stop();
-        churn.changes_per_second.push(changes);
     }
-    contenders.push(churn);
+    contenders.extend(churns.into_iter().map(|(_, churn)| churn));
 
     let knot = contenders
         .iter()
@@ -209,6 +216,25 @@ fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64) -> Option<Run> {
     })
 }
 
+/// How the churning client sends its changes.
+#[derive(Clone, Copy)]
+enum Pacing {
+    /// Each 10 ms step's changes in one write (pipelined), then their acks.
+    Bursts,
+    /// Each change waits for the previous one's ack: a wake-up of the connection and of
+    /// the writer per change, the costliest way to send the same changes.
+    OneAtATime,
+}
+
+impl Pacing {
+    fn label(self) -> &'static str {
+        match self {
+            Pacing::Bursts => "svcdns + 1k changes/s (10 ms bursts)",
+            Pacing::OneAtATime => "svcdns + 1k changes/s (one at a time)",
+        }
+    }
+}
+
 /// Registers and deregisters instances of a service of their own at
 /// [`CHURN_PER_SECOND`], paced in 10 ms steps, until stopped.
 struct Churner {
@@ -217,7 +243,7 @@ struct Churner {
 }
 
 impl Churner {
-    fn start(socket: &Path) -> Churner {
+    fn start(socket: &Path, pacing: Pacing) -> Churner {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let socket = socket.to_path_buf();
@@ -228,7 +254,9 @@ impl Churner {
             let step = Duration::from_millis(10);
             let per_step = CHURN_PER_SECOND / 100;
             let mut next = Instant::now();
+            let mut burst = String::new();
             while !flag.load(Ordering::Relaxed) {
+                burst.clear();
                 for _ in 0..per_step {
                     let id = changes / 2 % 500;
                     let line = if changes.is_multiple_of(2) {
@@ -242,8 +270,16 @@ impl Churner {
                     } else {
                         format!("{{\"op\":\"deregister\",\"service\":\"churn\",\"id\":\"churn-{id}\"}}\n")
                     };
-                    session.request(&line);
+                    match pacing {
+                        Pacing::Bursts => burst.push_str(&line),
+                        Pacing::OneAtATime => {
+                            session.request(&line);
+                        }
+                    }
                     changes += 1;
+                }
+                if !burst.is_empty() {
+                    session.burst(&burst, per_step);
                 }
                 next += step;
                 if let Some(wait) = next.checked_duration_since(Instant::now()) {
@@ -375,7 +411,7 @@ impl Peer {
                 "hickory-dns",
                 vec!["-q".into(), "-c".into(), format!("{h}/hickory.toml"), "-p".into(), port.to_string()],
                 format!(
-                    "listen_addrs_ipv4 = [\"127.0.0.1\"]\n[[zones]]\nzone = \"svc.internal\"\nzone_type = \"Primary\"\nfile = \"{zone}\"\n"
+                    "listen_addrs_ipv4 = [\"127.0.0.1\"]\ndrop_privileges = false\n[[zones]]\nzone = \"svc.internal\"\nzone_type = \"Primary\"\nfile = \"{zone}\"\n"
                 ),
             ),
         };

@@ -98,19 +98,27 @@ impl Server {
     }
 }
 
-/// CPU time process `pid` and its children (NSD answers in forked servers) have used
-/// so far (user + system), in seconds.
+/// CPU time process `pid` and its descendants (NSD answers in forked grandchildren)
+/// have used so far (user + system), in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let children: f64 = std::fs::read_dir("/proc")
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&other| {
-            other != pid && stat_fields(other).get(1).and_then(|p| p.parse().ok()) == Some(pid)
-        })
-        .map(own_cpu_seconds)
-        .sum();
-    own_cpu_seconds(pid) + children
+        .filter_map(|other| Some((other, stat_fields(other).get(1)?.parse().ok()?)))
+        .collect();
+    let mut family = vec![pid];
+    let mut index = 0;
+    while let Some(&parent) = family.get(index) {
+        family.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(child, _)| *child),
+        );
+        index += 1;
+    }
+    family.into_iter().map(own_cpu_seconds).sum()
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses).

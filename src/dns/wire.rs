@@ -294,34 +294,58 @@ impl<'a> NameRef<'a> {
         }
     }
 
-    /// Every label, leftmost first, into `out`; returns how many.
-    fn labels(&self, out: &mut [LabelRef<'a>; MAX_LABELS + 3]) -> usize {
-        let mut count = 0;
-        for label in &self.head[..usize::from(self.head_len)] {
-            out[count] = *label;
-            count += 1;
-        }
-        let mut rest = self.tail;
-        while let Some((&len, after)) = rest.split_first() {
-            let len = usize::from(len);
-            if len == 0 || len > after.len() || count == out.len() {
-                break;
-            }
-            out[count] = LabelRef::plain(&after[..len]);
-            count += 1;
-            rest = &after[len..];
-        }
-        count
-    }
-
     /// The labels as owned byte strings, leftmost first (for hickory's `Name`).
     pub fn to_labels(&self) -> Vec<Vec<u8>> {
-        let mut labels = [LabelRef::default(); MAX_LABELS + 3];
-        let count = self.labels(&mut labels);
-        labels[..count]
-            .iter()
-            .map(|l| l.bytes().collect())
+        let labels = Labels::of(*self);
+        (0..labels.count)
+            .map(|index| labels.get(index).bytes().collect())
             .collect()
+    }
+}
+
+/// A [`NameRef`]'s labels with access by position, without copying them.
+struct Labels<'a> {
+    name: NameRef<'a>,
+    /// Where each label of the tail starts in it.
+    tail_starts: [u8; MAX_LABELS],
+    count: usize,
+}
+
+impl<'a> Labels<'a> {
+    fn of(name: NameRef<'a>) -> Labels<'a> {
+        let mut tail_starts = [0; MAX_LABELS];
+        let mut tail_labels = 0;
+        let mut at = 0;
+        while let Some(&len) = name.tail.get(at) {
+            let len = usize::from(len);
+            if len == 0 || at + 1 + len > name.tail.len() || tail_labels == MAX_LABELS {
+                break;
+            }
+            tail_starts[tail_labels] = at as u8;
+            tail_labels += 1;
+            at += 1 + len;
+        }
+        Labels {
+            name,
+            tail_starts,
+            count: usize::from(name.head_len) + tail_labels,
+        }
+    }
+
+    /// The `index`th label from the left.
+    fn get(&self, index: usize) -> LabelRef<'a> {
+        let head = usize::from(self.name.head_len);
+        if index < head {
+            return self.name.head[index];
+        }
+        let start = usize::from(self.tail_starts[index - head]);
+        let len = usize::from(self.name.tail[start]);
+        LabelRef::plain(&self.name.tail[start + 1..start + 1 + len])
+    }
+
+    /// The labels from the `index`th on.
+    fn from(&self, index: usize) -> impl Iterator<Item = LabelRef<'a>> + Clone + '_ {
+        (index..self.count).map(|i| self.get(i))
     }
 }
 
@@ -381,10 +405,10 @@ impl Compression {
     }
 
     /// An offset below `written` where `labels` are in `message`, if recorded.
-    fn find(
+    fn find<'l>(
         &self,
         hash: u32,
-        labels: &[LabelRef<'_>],
+        labels: impl Iterator<Item = LabelRef<'l>> + Clone,
         message: &[u8],
         written: usize,
     ) -> Option<u16> {
@@ -393,7 +417,7 @@ impl Compression {
         while self.slots[index].generation == self.generation {
             let slot = self.slots[index];
             let offset = usize::from(slot.offset);
-            if slot.hash == hash && offset < written && name_at(message, offset, labels) {
+            if slot.hash == hash && offset < written && name_at(message, offset, labels.clone()) {
                 return Some(slot.offset);
             }
             index = (index + 1) & mask;
@@ -404,8 +428,11 @@ impl Compression {
 
 /// Whether the name at `offset` of `message` (pointers followed) is `labels`,
 /// ignoring ASCII case.
-fn name_at(message: &[u8], mut offset: usize, labels: &[LabelRef<'_>]) -> bool {
-    let mut labels = labels.iter();
+fn name_at<'l>(
+    message: &[u8],
+    mut offset: usize,
+    mut labels: impl Iterator<Item = LabelRef<'l>>,
+) -> bool {
     // Pointers in our own messages only go backwards; the bound guards against loops.
     for _ in 0..MAX_NAME_LEN {
         let Some(&len) = message.get(offset) else {
@@ -440,14 +467,21 @@ fn name_at(message: &[u8], mut offset: usize, labels: &[LabelRef<'_>]) -> bool {
     false
 }
 
-/// FNV-1a over a label, case-folded, continuing from the hash of the labels after it.
+/// A hash of a name suffix: of its leftmost label, continuing from the hash of the
+/// labels after it. Case is folded by setting bit 5 of every byte, which maps every
+/// letter to lower case (and may merge some other bytes: matches are verified anyway).
 fn suffix_hash(label: &LabelRef<'_>, after: u32) -> u32 {
-    let mut hash = after ^ 0x811c_9dc5;
-    for byte in std::iter::once(label.len() as u8).chain(label.bytes()) {
-        hash ^= u32::from(byte.to_ascii_lowercase());
-        hash = hash.wrapping_mul(0x0100_0193);
+    const MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut hash = (u64::from(after) << 8 | label.len() as u64).wrapping_mul(MULTIPLIER);
+    if label.underscore {
+        hash = (hash ^ u64::from(b'_')).wrapping_mul(MULTIPLIER);
     }
-    hash
+    for chunk in label.text.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        hash = (hash ^ (u64::from_le_bytes(word) | 0x2020_2020_2020_2020)).wrapping_mul(MULTIPLIER);
+    }
+    (hash >> 32) as u32
 }
 
 /// A thread's reusable buffers for writing responses.
@@ -456,6 +490,8 @@ pub struct Scratch {
     compression: Compression,
     /// Offsets of the TTL fields of answer records, so one TTL can be set for the set.
     answer_ttls: Vec<u16>,
+    /// The question's name in lowercase wire form.
+    question_name: Vec<u8>,
 }
 
 impl Default for Scratch {
@@ -464,6 +500,7 @@ impl Default for Scratch {
             message: Vec::with_capacity(4096),
             compression: Compression::new(),
             answer_ttls: Vec::new(),
+            question_name: Vec::with_capacity(MAX_NAME_LEN),
         }
     }
 }
@@ -488,6 +525,7 @@ pub struct ResponseWriter<'s> {
     message: &'s mut Vec<u8>,
     compression: &'s mut Compression,
     answer_ttls: &'s mut Vec<u16>,
+    question_name: &'s [u8],
     /// Bytes the message may have before its OPT record.
     room: usize,
     edns: Option<Edns>,
@@ -506,7 +544,10 @@ impl<'s> ResponseWriter<'s> {
             message,
             compression,
             answer_ttls,
+            question_name,
         } = scratch;
+        question_name.clear();
+        question_name.extend_from_slice(query.name.as_wire());
         message.clear();
         compression.clear();
         answer_ttls.clear();
@@ -527,6 +568,7 @@ impl<'s> ResponseWriter<'s> {
             message,
             compression,
             answer_ttls,
+            question_name,
             room: limit.saturating_sub(opt),
             edns: query.edns,
             section: Section::Answer,
@@ -630,32 +672,38 @@ impl<'s> ResponseWriter<'s> {
     /// Writes `name`, pointing at the longest suffix already in the message when
     /// `compress`, and records where its own suffixes are for later names.
     fn name(&mut self, name: NameRef<'_>, compress: bool) {
-        let mut labels = [LabelRef::default(); MAX_LABELS + 3];
-        let count = name.labels(&mut labels);
-        let labels = &labels[..count];
+        // Answers are mostly owned by the question's name: point straight at it.
+        if compress && name.head_len == 0 && name.tail == &self.question_name[..] {
+            self.message
+                .extend_from_slice(&(0xC000 | QUESTION_NAME_OFFSET).to_be_bytes());
+            return;
+        }
+        let labels = Labels::of(name);
+        let count = labels.count;
         let mut hashes = [0u32; MAX_LABELS + 3];
         let mut hash = 0;
-        for (index, label) in labels.iter().enumerate().rev() {
-            hash = suffix_hash(label, hash);
+        for index in (0..count).rev() {
+            hash = suffix_hash(&labels.get(index), hash);
             hashes[index] = hash;
         }
         let written = self.message.len();
         let found = (0..count).find_map(|index| {
             let pointer =
                 self.compression
-                    .find(hashes[index], &labels[index..], self.message, written)?;
+                    .find(hashes[index], labels.from(index), self.message, written)?;
             Some((index, pointer))
         });
         let (own, pointer) = match found {
             Some((index, pointer)) if compress => (index, Some(pointer)),
             _ => (count, None),
         };
-        for (index, label) in labels[..own].iter().enumerate() {
+        for index in 0..own {
             // A suffix already recorded keeps its first place; later ones would only
             // slow the table down.
             if found.is_none_or(|(at, _)| index < at) {
                 self.compression.insert(hashes[index], self.message.len());
             }
+            let label = labels.get(index);
             self.message.push(label.len() as u8);
             self.message.extend(label.bytes());
         }
