@@ -673,7 +673,7 @@ impl<'s> ResponseWriter<'s> {
     /// `compress`, and records where its own suffixes are for later names.
     fn name(&mut self, name: NameRef<'_>, compress: bool) {
         // Answers are mostly owned by the question's name: point straight at it.
-        if compress && name.head_len == 0 && name.tail == &self.question_name[..] {
+        if compress && name.head_len == 0 && name.tail == self.question_name {
             self.message
                 .extend_from_slice(&(0xC000 | QUESTION_NAME_OFFSET).to_be_bytes());
             return;
@@ -697,11 +697,11 @@ impl<'s> ResponseWriter<'s> {
             Some((index, pointer)) if compress => (index, Some(pointer)),
             _ => (count, None),
         };
-        for index in 0..own {
+        for (index, &hash) in hashes[..own].iter().enumerate() {
             // A suffix already recorded keeps its first place; later ones would only
             // slow the table down.
             if found.is_none_or(|(at, _)| index < at) {
-                self.compression.insert(hashes[index], self.message.len());
+                self.compression.insert(hash, self.message.len());
             }
             let label = labels.get(index);
             self.message.push(label.len() as u8);
