@@ -7,7 +7,7 @@
 //!
 //! svcdns is loaded through its registration socket; the peers read a zone file of the
 //! same records (same TTLs, priorities, weights and ports), so the answers match.
-//! Peers that are not installed are skipped: Knot (knotd), NSD (nsd), BIND9 (named), and
+//! Peers that are not installed are skipped, unless named in `--require knot,nsd`: Knot (knotd), NSD (nsd), BIND9 (named), and
 //! hickory-dns (its binary on PATH or in /opt/hickory/bin).
 
 use std::fmt::Write as _;
@@ -30,6 +30,12 @@ pub fn run(args: &[String]) {
     let smoke = args.iter().any(|a| a == "--smoke");
     let seconds: u64 = option(args, "--seconds", if smoke { 1 } else { 8 });
     let rounds: usize = option(args, "--rounds", if smoke { 1 } else { 3 });
+    // Peers that must run (a smoke run in CI checks that their setup still works).
+    let required: Vec<String> = option(args, "--require", String::new())
+        .split(',')
+        .filter(|name| !name.is_empty())
+        .map(String::from)
+        .collect();
     if Command::new("dnsperf").arg("-h").output().is_err() {
         eprintln!("bench/dns needs dnsperf (apt-get install dnsperf)");
         std::process::exit(2);
@@ -54,6 +60,10 @@ pub fn run(args: &[String]) {
             Ok(peer) => {
                 contenders.push(Contender::new(kind.name(), peer.address, peer.child.id()));
                 peers.push(peer);
+            }
+            Err(why) if required.iter().any(|r| r == kind.name()) => {
+                eprintln!("{}: required, but {why}", kind.name());
+                std::process::exit(1);
             }
             Err(why) => eprintln!("{}: skipped ({why})", kind.name()),
         }
@@ -120,6 +130,15 @@ pub fn run(args: &[String]) {
     }
     drop(peers);
     let _ = std::fs::remove_dir_all(&zone_dir);
+    let failed: Vec<&str> = contenders
+        .iter()
+        .filter(|c| c.qps.iter().any(Vec::is_empty))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("dnsperf gave no figures for: {}", failed.join(", "));
+        std::process::exit(1);
+    }
 }
 
 /// One server as measured: qps and latency per mix and round, CPU over all runs.
