@@ -255,6 +255,15 @@ impl<'a> LabelRef<'a> {
         self.text.len() + usize::from(self.underscore)
     }
 
+    /// Whether `text` is this label, ignoring ASCII case.
+    fn matches(&self, text: &[u8]) -> bool {
+        match (self.underscore, text.split_first()) {
+            (true, Some((b'_', rest))) => rest.eq_ignore_ascii_case(self.text),
+            (true, _) => false,
+            (false, _) => text.eq_ignore_ascii_case(self.text),
+        }
+    }
+
     fn bytes(&self) -> impl Iterator<Item = u8> + 'a {
         let underscore = self.underscore.then_some(b'_');
         underscore.into_iter().chain(self.text.iter().copied())
@@ -296,40 +305,55 @@ impl<'a> NameRef<'a> {
 
     /// The labels as owned byte strings, leftmost first (for hickory's `Name`).
     pub fn to_labels(&self) -> Vec<Vec<u8>> {
-        let labels = Labels::of(*self);
-        (0..labels.count)
-            .map(|index| labels.get(index).bytes().collect())
-            .collect()
+        let head = self.head[..usize::from(self.head_len)]
+            .iter()
+            .map(|label| label.bytes().collect());
+        let tail = WireName::from_wire(self.tail).into_iter().flat_map(|tail| {
+            (0..tail.label_count())
+                .map(|index| tail.label(index).to_vec())
+                .collect::<Vec<_>>()
+        });
+        head.chain(tail).collect()
     }
 }
+
+/// Labels of the names that take part in compression, at most. Deeper names (rare:
+/// only static records can have them) are written whole and never pointed at, which
+/// keeps the per-name work small.
+const COMPRESSED_LABELS: usize = 16;
 
 /// A [`NameRef`]'s labels with access by position, without copying them.
 struct Labels<'a> {
     name: NameRef<'a>,
     /// Where each label of the tail starts in it.
-    tail_starts: [u8; MAX_LABELS],
+    tail_starts: [u8; COMPRESSED_LABELS],
     count: usize,
 }
 
 impl<'a> Labels<'a> {
-    fn of(name: NameRef<'a>) -> Labels<'a> {
-        let mut tail_starts = [0; MAX_LABELS];
+    /// `None` for a name of more than [`COMPRESSED_LABELS`] labels.
+    fn of(name: NameRef<'a>) -> Option<Labels<'a>> {
+        let mut tail_starts = [0; COMPRESSED_LABELS];
+        let head = usize::from(name.head_len);
         let mut tail_labels = 0;
         let mut at = 0;
         while let Some(&len) = name.tail.get(at) {
             let len = usize::from(len);
-            if len == 0 || at + 1 + len > name.tail.len() || tail_labels == MAX_LABELS {
+            if len == 0 || at + 1 + len > name.tail.len() {
                 break;
+            }
+            if head + tail_labels == COMPRESSED_LABELS {
+                return None;
             }
             tail_starts[tail_labels] = at as u8;
             tail_labels += 1;
             at += 1 + len;
         }
-        Labels {
+        Some(Labels {
             name,
             tail_starts,
-            count: usize::from(name.head_len) + tail_labels,
-        }
+            count: head + tail_labels,
+        })
     }
 
     /// The `index`th label from the left.
@@ -455,11 +479,7 @@ fn name_at<'l>(
         let Some(text) = message.get(offset + 1..offset + 1 + len) else {
             return false;
         };
-        if !text
-            .iter()
-            .zip(label.bytes())
-            .all(|(a, b)| a.eq_ignore_ascii_case(&b))
-        {
+        if !label.matches(text) {
             return false;
         }
         offset += 1 + len;
@@ -678,9 +698,16 @@ impl<'s> ResponseWriter<'s> {
                 .extend_from_slice(&(0xC000 | QUESTION_NAME_OFFSET).to_be_bytes());
             return;
         }
-        let labels = Labels::of(name);
+        let Some(labels) = Labels::of(name) else {
+            for label in &name.head[..usize::from(name.head_len)] {
+                self.message.push(label.len() as u8);
+                self.message.extend(label.bytes());
+            }
+            self.message.extend_from_slice(name.tail);
+            return;
+        };
         let count = labels.count;
-        let mut hashes = [0u32; MAX_LABELS + 3];
+        let mut hashes = [0u32; COMPRESSED_LABELS];
         let mut hash = 0;
         for index in (0..count).rev() {
             hash = suffix_hash(&labels.get(index), hash);
@@ -906,5 +933,34 @@ mod tests {
         let message = writer.finish(0);
         assert_eq!(message.len(), header_and_question + 16);
         assert_eq!(&message[6..8], &[0, 1]);
+    }
+
+    #[test]
+    fn deep_names_are_written_whole() {
+        let packet = query(WEB, TYPE_A, None);
+        let Packet::Query(q) = Packet::parse(&packet) else {
+            panic!("not a plain query");
+        };
+        let mut scratch = Scratch::default();
+        let mut writer = ResponseWriter::new(&mut scratch, &q, 4096);
+        let mut deep = Vec::new();
+        for _ in 0..20 {
+            deep.extend_from_slice(b"\x01x");
+        }
+        deep.extend_from_slice(b"\x03svc\x08internal\x00");
+        let labels = [LabelRef::underscored(b"srv"), LabelRef::plain(b"a")];
+        for _ in 0..2 {
+            assert!(
+                writer.record(NameRef::under(&labels, &deep), TYPE_PTR, 30, |r| {
+                    r.name(NameRef::wire(&deep))
+                })
+            );
+        }
+        let message = writer.finish(0).to_vec();
+        let parsed = hickory_proto::op::Message::from_vec(&message).expect("valid message");
+        assert_eq!(parsed.answers.len(), 2);
+        let owner = parsed.answers[1].name.to_ascii();
+        assert!(owner.starts_with("_srv.a.x.x."), "{owner}");
+        assert_eq!(owner.matches("x.").count(), 20);
     }
 }
