@@ -27,18 +27,13 @@ use tracing::warn;
 
 use super::records;
 use super::wire::{
-    Packet, Query, ResponseWriter, Scratch, Section, WireName, CLASS_IN, HEADER_LEN,
+    Packet, Query, ResponseWriter, Scratch, Section, WireName, CLASSIC_UDP_LIMIT, CLASS_IN,
+    HEADER_LEN, MAX_UDP_RESPONSE,
 };
 use super::zone::{Negative, ServedZone};
 
-/// Without EDNS a UDP response may have 512 bytes (RFC 1035 §4.2.1).
-pub const CLASSIC_UDP_LIMIT: usize = 512;
-/// The most a UDP response carries whatever the client offers: larger ones fragment,
-/// and fragments get lost (DNS flag day 2020 settled on less; 4096 is BIND's and
-/// hickory's ceiling).
-pub const MAX_UDP_RESPONSE: usize = 4096;
 /// Largest DNS message over TCP (RFC 1035 §4.2.2).
-pub const TCP_LIMIT: usize = 65_535;
+const TCP_LIMIT: usize = 65_535;
 /// At most one warning about answers too large for TCP per this many seconds.
 const HUGE_ANSWER_WARNING_INTERVAL: u64 = 10;
 
@@ -66,6 +61,19 @@ impl Transport {
         match self {
             Transport::Udp => Protocol::Udp,
             Transport::Tcp => Protocol::Tcp,
+        }
+    }
+}
+
+/// The most bytes a response may have: 65535 over TCP; over UDP the client's EDNS
+/// payload size (`edns_payload`), at least 512 and at most [`MAX_UDP_RESPONSE`], or 512
+/// without EDNS.
+pub fn response_limit(transport: Transport, edns_payload: Option<u16>) -> usize {
+    match (transport, edns_payload) {
+        (Transport::Tcp, _) => TCP_LIMIT,
+        (Transport::Udp, None) => CLASSIC_UDP_LIMIT,
+        (Transport::Udp, Some(payload)) => {
+            usize::from(payload).clamp(CLASSIC_UDP_LIMIT, MAX_UDP_RESPONSE)
         }
     }
 }
@@ -111,13 +119,7 @@ impl Responder {
         let Some(zone) = self.zone_of(&query.name) else {
             return Reply::Fallback;
         };
-        let limit = match (transport, query.edns) {
-            (Transport::Tcp, _) => TCP_LIMIT,
-            (Transport::Udp, None) => CLASSIC_UDP_LIMIT,
-            (Transport::Udp, Some(edns)) => {
-                usize::from(edns.payload).clamp(CLASSIC_UDP_LIMIT, MAX_UDP_RESPONSE)
-            }
-        };
+        let limit = response_limit(transport, query.edns.map(|edns| edns.payload));
         let mut out = ResponseWriter::new(scratch, &query, limit);
         if query.edns.is_some_and(|edns| edns.version > 0) {
             out.clear_authoritative();
@@ -275,12 +277,7 @@ impl ResponseHandler for Captured {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let limit = match self.transport {
-            Transport::Tcp => TCP_LIMIT,
-            Transport::Udp => response.edns().map_or(CLASSIC_UDP_LIMIT, |edns| {
-                usize::from(edns.max_payload()).clamp(CLASSIC_UDP_LIMIT, MAX_UDP_RESPONSE)
-            }),
-        };
+        let limit = response_limit(self.transport, response.edns().map(|e| e.max_payload()));
         let mut bytes = Vec::with_capacity(CLASSIC_UDP_LIMIT);
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(limit as u16);

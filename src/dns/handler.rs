@@ -16,13 +16,9 @@ use hickory_server::zone_handler::{
 };
 
 use super::fitter::Fitter;
-use super::front::{warn_huge_answer, CLASSIC_UDP_LIMIT, MAX_UDP_RESPONSE, TCP_LIMIT};
-use super::wire::WireName;
+use super::front::{response_limit, warn_huge_answer, Transport};
+use super::wire::{WireName, OPT_LEN};
 use super::zone::{Negative, ServedZone};
-
-/// Size of an OPT record without options (RFC 6891 §6.1.2): the Catalog adds one to
-/// every response to an EDNS query.
-const OPT_RECORD_LEN: usize = 11;
 
 thread_local! {
     /// Scratch space for measuring responses, reused by every query on a thread.
@@ -183,16 +179,11 @@ fn lookup_of(answer: Answer, _options: LookupOptions) -> AuthLookup {
 /// `request`, header and question included: the client's UDP limit (or 65535 on TCP),
 /// less the OPT record the Catalog adds to answers to EDNS queries.
 fn response_room(request: &Request) -> usize {
-    let limit = match request.protocol() {
-        Protocol::Udp => request.edns.as_ref().map_or(CLASSIC_UDP_LIMIT, |edns| {
-            usize::from(edns.max_payload()).clamp(CLASSIC_UDP_LIMIT, MAX_UDP_RESPONSE)
-        }),
-        _ => TCP_LIMIT,
+    let transport = match request.protocol() {
+        Protocol::Udp => Transport::Udp,
+        _ => Transport::Tcp,
     };
-    let opt = if request.edns.is_some() {
-        OPT_RECORD_LEN
-    } else {
-        0
-    };
+    let limit = response_limit(transport, request.edns.as_ref().map(|e| e.max_payload()));
+    let opt = if request.edns.is_some() { OPT_LEN } else { 0 };
     limit - opt
 }

@@ -19,8 +19,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::runtime::Handle;
 use tracing::warn;
 
-use super::front::{Fallback, Reply, Responder, Transport, MAX_UDP_RESPONSE};
-use super::wire::Scratch;
+use super::front::{Fallback, Reply, Responder, Transport};
+use super::wire::{Scratch, MAX_UDP_RESPONSE};
 
 /// Datagrams taken or sent per system call, at most.
 const BATCH: usize = 32;

@@ -10,6 +10,12 @@
 pub const HEADER_LEN: usize = 12;
 /// An OPT record without options (RFC 6891 §6.1.2).
 pub const OPT_LEN: usize = 11;
+/// Without EDNS a UDP response may have 512 bytes (RFC 1035 §4.2.1).
+pub const CLASSIC_UDP_LIMIT: usize = 512;
+/// The most a UDP response carries whatever the client offers: larger ones fragment,
+/// and fragments get lost (DNS flag day 2020 settled on less; 4096 is BIND's and
+/// hickory's ceiling).
+pub const MAX_UDP_RESPONSE: usize = 4096;
 /// Longest domain name on the wire (RFC 1035 §2.3.4).
 const MAX_NAME_LEN: usize = 255;
 /// Most labels a name of 255 bytes can have, the root not counted.
@@ -746,7 +752,10 @@ impl<'s> ResponseWriter<'s> {
     /// the upper bits of the response code) when the query had EDNS. Returns it.
     pub fn finish(self, extended_rcode: u8) -> &'s [u8] {
         if let Some(edns) = self.edns {
-            let payload = edns.payload.clamp(512, 4096);
+            // What we take over UDP, as we send: the client's size within our bounds.
+            let payload = edns
+                .payload
+                .clamp(CLASSIC_UDP_LIMIT as u16, MAX_UDP_RESPONSE as u16);
             let ttl = (u32::from(extended_rcode) << 24) | if edns.dnssec_ok { EDNS_DO } else { 0 };
             self.message.push(0);
             self.message.extend_from_slice(&TYPE_OPT.to_be_bytes());
