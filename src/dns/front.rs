@@ -27,8 +27,8 @@ use tracing::warn;
 
 use super::records;
 use super::wire::{
-    Packet, Query, ResponseWriter, Scratch, Section, WireName, CLASSIC_UDP_LIMIT, CLASS_IN,
-    HEADER_LEN, MAX_UDP_RESPONSE,
+    Packet, ResponseWriter, Scratch, Section, WireName, CLASSIC_UDP_LIMIT, CLASS_IN, HEADER_LEN,
+    MAX_UDP_RESPONSE, TYPE_OPT,
 };
 use super::zone::{Negative, ServedZone};
 
@@ -46,7 +46,7 @@ const EXTENDED_RCODE_BADVERS: u8 = 1;
 /// Query types only hickory handles: OPT, TKEY, TSIG, zone transfers and the obsolete
 /// mail types (RFC 6895 §3.1: meta and query types).
 fn for_hickory(record_type: u16) -> bool {
-    matches!(record_type, 41 | 249..=254)
+    matches!(record_type, TYPE_OPT | 249..=254)
 }
 
 /// The transport a query came on.
@@ -136,7 +136,7 @@ impl Responder {
         match zone.answer(&view, &query.name, record_type, &mut out) {
             Ok(total) => {
                 if out.is_truncated() && transport == Transport::Tcp {
-                    warn_huge_answer(&query_name(&query), record_type, total, out.answers());
+                    warn_huge_answer(&query.name, record_type, total, out.answers());
                 }
             }
             Err(Negative::ServFail) => out.set_rcode(RCODE_SERVFAIL),
@@ -160,20 +160,6 @@ impl Responder {
             .max_by_key(|zone| zone.zone().origin_wire().len())
             .map(|zone| &**zone)
     }
-}
-
-/// The question's name as text, for log messages.
-fn query_name(query: &Query<'_>) -> String {
-    let name = &query.name;
-    let mut text = String::new();
-    for index in 0..name.label_count() {
-        text.push_str(&String::from_utf8_lossy(name.label(index)));
-        text.push('.');
-    }
-    if text.is_empty() {
-        text.push('.');
-    }
-    text
 }
 
 /// An answer that does not fit even a TCP message goes out with TC, and no client can

@@ -125,6 +125,19 @@ impl WireName {
     }
 }
 
+/// The name as text (`web.svc.internal.`), for log messages.
+impl std::fmt::Display for WireName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.label_count() == 0 {
+            return f.write_str(".");
+        }
+        for index in 0..self.label_count() {
+            write!(f, "{}.", String::from_utf8_lossy(self.label(index)))?;
+        }
+        Ok(())
+    }
+}
+
 /// What EDNS a query asked for (RFC 6891 §6.1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edns {
