@@ -131,3 +131,69 @@ fn garbage_on_the_registration_socket_keeps_registrations() {
     still_answers(&server);
     assert!(server.is_running());
 }
+
+/// Queries of the plain shape the fast path answers, for names in and around our zone
+/// that the naming table parses (labels from a small alphabet of real and odd labels,
+/// any case), every query type, EDNS of any size, version and flags: every one gets a
+/// well-formed response with its ID that fits the size asked for.
+#[test]
+fn odd_queries_in_our_zone_get_well_formed_answers() {
+    let server = Svcdns::start();
+    server.register(json!({"op": "register", "service": "web", "id": "web-1",
+        "addresses": ["10.0.0.5", "fd00::5"], "port": 80, "tags": ["blue"], "meta": {"a": "b"}}));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let alphabet: [&[u8]; 14] = [
+        b"web",
+        b"WEB",
+        b"web-1",
+        b"_web",
+        b"_tcp",
+        b"_udp",
+        b"_sub",
+        b"_blue",
+        b"blue",
+        b"_services",
+        b"_dns-sd",
+        b"\xff\x00.",
+        b"x",
+        b"svc",
+    ];
+    let types = [1u16, 28, 33, 12, 16, 6, 2, 5, 255, 0, 65535, 41, 252, 99];
+    let mut rng = Rng(0xd15c0);
+    let mut buffer = vec![0; 65535];
+    for id in 0..1500u16 {
+        let mut packet = id.to_be_bytes().to_vec();
+        let edns = rng.next() % 3 != 0;
+        packet.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
+        for _ in 0..rng.next() % 6 {
+            let label = alphabet[(rng.next() % alphabet.len() as u64) as usize];
+            packet.push(label.len() as u8);
+            packet.extend_from_slice(label);
+        }
+        packet.extend_from_slice(b"\x03svc\x08internal\x00");
+        packet.extend_from_slice(&types[(rng.next() % types.len() as u64) as usize].to_be_bytes());
+        packet.extend_from_slice(&[0, 1]);
+        let mut limit = 512;
+        if edns {
+            let payload = (rng.next() % 70_000) as u16;
+            limit = usize::from(payload).clamp(512, 4096);
+            let version = if rng.next() % 8 == 0 { 1 } else { 0 };
+            packet.extend_from_slice(&[0, 0, 41]);
+            packet.extend_from_slice(&payload.to_be_bytes());
+            packet.extend_from_slice(&[0, version, (rng.next() as u8) & 0x80, 0, 0, 0]);
+        }
+        socket.send_to(&packet, server.dns).unwrap();
+        let (len, _) = socket
+            .recv_from(&mut buffer)
+            .expect("a response to every query");
+        assert!(
+            len <= limit,
+            "{len} bytes for a limit of {limit}: {packet:02x?}"
+        );
+        let response = Message::from_vec(&buffer[..len])
+            .unwrap_or_else(|e| panic!("response to {packet:02x?} does not parse: {e}"));
+        assert_eq!(response.metadata.id, id);
+    }
+    still_answers(&server);
+}

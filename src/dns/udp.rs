@@ -10,6 +10,7 @@ use std::io;
 use std::mem::size_of;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::runtime::Handle;
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::front::{Fallback, Reply, Responder, Transport};
 use super::wire::{Scratch, MAX_UDP_RESPONSE};
@@ -129,17 +130,29 @@ fn serve(socket: Arc<UdpSocket>, shared: Shared, stop: Arc<AtomicBool>) {
             let Some((packet, source)) = incoming.query(index) else {
                 continue;
             };
-            match shared
-                .responder
-                .respond(packet, Transport::Udp, &mut scratch)
-            {
-                Reply::Send(response) => outgoing.queue(source, response),
-                Reply::Fallback => {
+            // A bug that a packet triggers must cost that packet, not the thread: the
+            // scratch space is reset by every response, so the loop can go on.
+            let answered = panic::catch_unwind(AssertUnwindSafe(|| {
+                match shared
+                    .responder
+                    .respond(packet, Transport::Udp, &mut scratch)
+                {
+                    Reply::Send(response) => {
+                        outgoing.queue(source, response);
+                        false
+                    }
+                    Reply::Fallback => true,
+                    Reply::Ignore => false,
+                }
+            }));
+            match answered {
+                Ok(false) => {}
+                Ok(true) => {
                     if let Some(source) = source.address() {
                         hand_to_catalog(&shared, &socket, packet.to_vec(), source);
                     }
                 }
-                Reply::Ignore => {}
+                Err(_) => errors.report_panic(packet),
             }
         }
         if let Err(e) = outgoing.send(&socket) {
@@ -176,7 +189,7 @@ fn is_transient(error: &io::Error) -> bool {
     )
 }
 
-/// Logs socket errors, at most one line per second per thread.
+/// Logs socket errors and panicking queries, at most one line per second per thread.
 #[derive(Default)]
 struct ErrorLog {
     last: Option<std::time::Instant>,
@@ -184,14 +197,32 @@ struct ErrorLog {
 
 impl ErrorLog {
     fn report(&mut self, doing: &str, error: &io::Error) {
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1))
-        {
-            self.last = Some(now);
+        if self.ready() {
             warn!(error = %error, "{doing}");
         }
+    }
+
+    /// Reports a query whose answer panicked (a bug), with its bytes to reproduce it.
+    fn report_panic(&mut self, packet: &[u8]) {
+        if self.ready() {
+            let hex: String = packet
+                .iter()
+                .take(512)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            error!(packet = %hex, "answering a DNS query panicked; the query was dropped (please report this)");
+        }
+    }
+
+    fn ready(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let ready = self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1));
+        if ready {
+            self.last = Some(now);
+        }
+        ready
     }
 }
 
