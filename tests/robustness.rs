@@ -164,7 +164,7 @@ fn odd_queries_in_our_zone_get_well_formed_answers() {
     let mut buffer = vec![0; 65535];
     for id in 0..1500u16 {
         let mut packet = id.to_be_bytes().to_vec();
-        let edns = rng.next() % 3 != 0;
+        let edns = !rng.next().is_multiple_of(3);
         packet.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
         for _ in 0..rng.next() % 6 {
             let label = alphabet[(rng.next() % alphabet.len() as u64) as usize];
@@ -178,7 +178,7 @@ fn odd_queries_in_our_zone_get_well_formed_answers() {
         if edns {
             let payload = (rng.next() % 70_000) as u16;
             limit = usize::from(payload).clamp(512, 4096);
-            let version = if rng.next() % 8 == 0 { 1 } else { 0 };
+            let version = if rng.next().is_multiple_of(8) { 1 } else { 0 };
             packet.extend_from_slice(&[0, 0, 41]);
             packet.extend_from_slice(&payload.to_be_bytes());
             packet.extend_from_slice(&[0, version, (rng.next() as u8) & 0x80, 0, 0, 0]);
