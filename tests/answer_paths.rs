@@ -195,7 +195,7 @@ fn section(records: &[Record]) -> Vec<String> {
 }
 
 /// Compares one response pair field by field; `what` names the query in messages.
-fn compare(what: &str, fast: &Message, catalog: &Message, record_type: RecordType) {
+fn compare(what: &str, fast: &Message, catalog: &Message, record_type: RecordType, over_udp: bool) {
     let (f, c) = (&fast.metadata, &catalog.metadata);
     assert_eq!(f.id, c.id, "{what}: id");
     assert_eq!(f.message_type, c.message_type, "{what}: QR");
@@ -240,7 +240,8 @@ fn compare(what: &str, fast: &Message, catalog: &Message, record_type: RecordTyp
         fast_additional.starts_with(&catalog_additional),
         "{what}: additional section\nfast: {fast_additional:#?}\ncatalog: {catalog_additional:#?}"
     );
-    if fast.to_vec().map(|b| b.len()).unwrap_or(0) < 400 {
+    if !over_udp {
+        // Over TCP nothing is left out for size: the sections must be the same.
         assert_eq!(
             fast_additional, catalog_additional,
             "{what}: additional section"
@@ -290,7 +291,13 @@ fn both_paths_answer_the_naming_table_alike() {
                     let what = format!("{asked} {record_type} {way:?}");
                     let from_fast = exchange(&fast, &query, way);
                     let from_catalog = exchange(&catalog, &query, way);
-                    compare(&what, &from_fast, &from_catalog, record_type);
+                    compare(
+                        &what,
+                        &from_fast,
+                        &from_catalog,
+                        record_type,
+                        matches!(way, Way::Udp(_)),
+                    );
                     compared += 1;
                 }
             }
@@ -305,7 +312,7 @@ fn soa_answers_agree_but_for_the_catalogs_ns_in_authority() {
     let query = packet(7, "svc.internal.", RecordType::SOA, Some((1232, false)));
     let from_fast = exchange(&fast, &query, Way::Udp(None));
     let from_catalog = exchange(&catalog, &query, Way::Udp(None));
-    compare("SOA", &from_fast, &from_catalog, RecordType::SOA);
+    compare("SOA", &from_fast, &from_catalog, RecordType::SOA, true);
     assert!(
         from_fast.authorities.is_empty(),
         "{:?}",
