@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{RData, RecordType};
 
 #[test]
 fn a_static_zone_file_is_served() {
@@ -69,6 +69,12 @@ fn broken_zone_files_are_refused_with_file_line_and_value() {
         ("origin: a.example.\nrecords:\n  - {name: x, type: LOC, data: foo}\n", "zones/bad.yaml:3:", "LOC"),
         ("origin: a.example.\nrecords: [\n", "zones/bad.yaml", ""),
         ("origin: a.example.\nrecords:\n  - {name: d, type: CNAME, data: x}\n  - {name: d, type: A, data: 10.0.0.1}\n", "zones/bad.yaml", "CNAME"),
+        ("origin: a.example.\nrecords:\n  - {name: web.b.example., type: A, data: 10.0.0.1}\n",
+         "zones/bad.yaml", "web.b.example. is outside the zone a.example."),
+        ("origin: a.example.\nservices:\n  - {service: db, id: db-1, addresses: [10.0.0.9], port: 5432, ttl: 30}\n",
+         "zones/bad.yaml:3:", "`ttl` does not apply to a static service"),
+        ("origin: a.example.\nservices:\n  - {service: db, id: db-1, addresses: [10.0.0.9], port: 5432, ephemeral: true}\n",
+         "zones/bad.yaml:3:", "`ephemeral` does not apply to a static service"),
     ];
     for (content, location, value) in cases {
         let error = match Svcdns::try_start(&[("bad.yaml", content)], "") {
@@ -134,4 +140,26 @@ fn a_second_server_on_the_same_socket_is_refused() {
         .len(),
         1
     );
+}
+
+#[test]
+fn the_soa_block_applies_without_an_ns_list() {
+    let zone =
+        "origin: a.example.\nttl: 60\nsoa: {rname: admin.a.example., minimum: 30, refresh: 1200}\n";
+    let server = Svcdns::with(&[("a.yaml", zone)], "");
+    let response = server.query("a.example.", RecordType::SOA);
+    let Some(RData::SOA(soa)) = response.answers.first().map(|r| &r.data) else {
+        panic!("no SOA: {response:?}");
+    };
+    assert_eq!(soa.minimum, 30);
+    assert_eq!(soa.refresh, 1200);
+    assert_eq!(soa.rname.to_ascii(), "admin.a.example.");
+    assert_eq!(
+        soa.mname.to_ascii(),
+        "ns.a.example.",
+        "the default name server"
+    );
+    // Negative answers are cached for the SOA's minimum (RFC 2308 §5).
+    let missing = server.query("nope.a.example.", RecordType::A);
+    assert_eq!(missing.authorities.first().map(|r| r.ttl), Some(30));
 }

@@ -90,7 +90,11 @@ impl ZoneSpec {
                 },
             });
         }
-        self.soa = SoaSpec::defaults(&self.origin, std::slice::from_ref(&ns), self.ttl);
+        // The name server is the SOA's MNAME unless the file names another; whatever
+        // else the file's `soa:` says stays.
+        if self.soa.mname == self.origin {
+            self.soa.mname = ns.clone();
+        }
         self.ns.push(ns);
     }
 }
@@ -181,6 +185,13 @@ pub fn load_file(
     let mut records = Vec::with_capacity(file.records.len());
     for record in file.records {
         let name = absolute(&record.name)?;
+        // A name elsewhere would never be answered here, and could shadow a service.
+        if !origin.zone_of(&name) {
+            return Err(ConfigError::in_file(
+                path,
+                format!("record {name} is outside the zone {origin}; write it relative to the origin or under it"),
+            ));
+        }
         let rdata = match record.value {
             RecordValue::A(v4) => RData::A(A(v4)),
             RecordValue::Aaaa(v6) => RData::AAAA(AAAA(v6)),
@@ -465,6 +476,15 @@ struct StaticService(Registration);
 impl TryFrom<serde_json::Map<String, serde_json::Value>> for StaticService {
     type Error = String;
     fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        // A zone file's services are permanent: a lease or a connection to outlive them
+        // would be meaningless.
+        for key in ["ttl", "ephemeral"] {
+            if object.contains_key(key) {
+                return Err(format!(
+                    "`{key}` does not apply to a static service, which is permanent; remove it"
+                ));
+            }
+        }
         let registration = registration_from_json(&object, "", &[]).map_err(|e| e.to_string())?;
         registration
             .instance
