@@ -229,6 +229,17 @@ fn bad_requests_get_stable_codes_and_change_nothing() {
         connection.read()["error"]["message"],
         "port 70000 is out of range 1-65535"
     );
+    // Each range as it is: a lease of at least a second, a record TTL of 0 allowed.
+    connection.send_raw(b"{\"op\":\"register\",\"service\":\"web\",\"id\":\"a\",\"addresses\":[\"10.0.0.1\"],\"port\":1,\"ttl\":0}\n");
+    assert_eq!(
+        connection.read()["error"]["message"],
+        "ttl 0 is out of range 1-86400"
+    );
+    connection.send_raw(b"{\"op\":\"register\",\"service\":\"web\",\"id\":\"a\",\"addresses\":[\"10.0.0.1\"],\"port\":1,\"dns_ttl\":90000}\n");
+    assert_eq!(
+        connection.read()["error"]["message"],
+        "dns_ttl 90000 is out of range 0-86400"
+    );
     connection.send_raw(b"{\"op\":\"register\",\"service\":\"web\",\"id\":\"a\",\"addresses\":[\"10.0.0.300\"],\"port\":1}\n");
     let message = connection.read()["error"]["message"]
         .as_str()

@@ -23,10 +23,11 @@ pub enum RegistryError {
     InvalidPort(u64),
     #[error("proto {0:?} is neither \"tcp\" nor \"udp\"")]
     InvalidProto(String),
-    #[error("{field} {value} is out of range 1-{max}")]
+    #[error("{field} {value} is out of range {min}-{max}")]
     InvalidTtl {
         field: &'static str,
         value: u64,
+        min: u64,
         max: u64,
     },
     #[error("meta {key:?} {problem}")]

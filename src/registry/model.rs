@@ -292,6 +292,7 @@ impl Instance {
                 return Err(RegistryError::InvalidTtl {
                     field: "ttl",
                     value: u64::from(ttl),
+                    min: 1,
                     max: u64::from(MAX_LEASE_SECS),
                 });
             }
@@ -301,6 +302,7 @@ impl Instance {
                 return Err(RegistryError::InvalidTtl {
                     field: "dns_ttl",
                     value: u64::from(ttl),
+                    min: 0,
                     max: u64::from(MAX_DNS_TTL),
                 });
             }

@@ -103,8 +103,8 @@ pub fn registration_from_json(
         Some(other) => return Err(bad_value("invalid_meta", "meta", other, "a map of strings")),
     };
     let meta = Meta::from_map(&meta)?;
-    let dns_ttl = fields.seconds("dns_ttl", "invalid_dns_ttl", MAX_DNS_TTL)?;
-    let ttl = fields.seconds("ttl", "invalid_ttl", MAX_LEASE_SECS)?;
+    let dns_ttl = fields.seconds("dns_ttl", "invalid_dns_ttl", 0, MAX_DNS_TTL)?;
+    let ttl = fields.seconds("ttl", "invalid_ttl", 1, MAX_LEASE_SECS)?;
     Ok(Registration {
         zone: zone_from_json(object, default_zone)?,
         service: fields.label("service", LabelKind::Service)?,
@@ -269,6 +269,7 @@ impl Fields<'_> {
         &self,
         field: &'static str,
         code: &'static str,
+        min: u32,
         max: u32,
     ) -> Result<Option<u32>, RegistryError> {
         self.unsigned(field, code)?
@@ -276,6 +277,7 @@ impl Fields<'_> {
                 u32::try_from(value).map_err(|_| RegistryError::InvalidTtl {
                     field,
                     value,
+                    min: u64::from(min),
                     max: u64::from(max),
                 })
             })
