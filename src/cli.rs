@@ -23,13 +23,16 @@ pub struct RegisterArgs {
     /// IPv4 or IPv6 address; repeat for several
     #[arg(long = "address", short = 'a', required = true)]
     addresses: Vec<String>,
-    #[arg(long, short)]
+    /// Port the instance serves on (1-65535), given in its SRV records
+    #[arg(long, short, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
-    /// tcp or udp
+    /// tcp or udp: the `_tcp`/`_udp` label of its SRV name [default: tcp]
     #[arg(long)]
     proto: Option<String>,
+    /// SRV priority, 0-65535; clients try lower values first [default: 1]
     #[arg(long)]
     priority: Option<u16>,
+    /// SRV weight, 0-65535; spreads clients among equal priorities [default: 1]
     #[arg(long)]
     weight: Option<u16>,
     /// Tag; repeat for several
@@ -56,8 +59,11 @@ pub struct RegisterArgs {
 
 #[derive(Args)]
 pub struct KeyArgs {
+    /// Service name, e.g. web
     service: String,
+    /// Instance id within the service, e.g. web-1
     id: String,
+    /// Zone the instance is in (the server's default zone otherwise)
     #[arg(long)]
     zone: Option<String>,
     #[command(flatten)]

@@ -14,10 +14,12 @@ use crate::registry::spec::canonical_zone;
 /// reader knows it, the line: `zones/svc.internal.yaml:12: …`.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{}: {source}", path.display())]
+    /// The OS error is part of the message, not a chained source, so that printing
+    /// the error with its causes says it once.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}:{line}: {message}", path.display())]
     AtLine {
@@ -159,9 +161,9 @@ impl Default for RegistrationConfig {
 impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         // An empty file is a valid "all defaults" configuration.
         let config: Config = if text.trim().is_empty() {

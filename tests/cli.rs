@@ -125,6 +125,29 @@ fn refusals_and_connection_failures_exit_non_zero_with_the_reason() {
     let out = svcdns(&server, &["list", "--socket", "/nonexistent/svcdns.sock"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("/nonexistent/svcdns.sock"));
+
+    // Port 0 is refused where the other ports are: by the command line, with the range.
+    let out = svcdns(
+        &server,
+        &["register", "web", "a", "-a", "10.0.0.5", "-p", "0"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("1..=65535"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A missing configuration file is named once, with the OS's reason once.
+    let out = svcdns(&server, &["serve", "--config", "/nonexistent/svcdns.yaml"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("/nonexistent/svcdns.yaml"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -125,10 +125,10 @@ pub fn load_dir(
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
+        Err(cause) => {
             return Err(ConfigError::Io {
                 path: dir.to_path_buf(),
-                source,
+                cause,
             })
         }
     };
@@ -166,9 +166,9 @@ pub fn load_file(
     default_ttl: u32,
     ns_address: Option<IpAddr>,
 ) -> Result<ZoneSpec, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = fs::read_to_string(path).map_err(|cause| ConfigError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let file: ZoneFile = serde_yaml::from_str(&text).map_err(|e| ConfigError::yaml(path, &e))?;
     let origin = file.origin.0;
