@@ -353,3 +353,37 @@ fn registrations_in_a_second_zone() {
         ResponseCode::NXDomain
     );
 }
+
+/// Services and tags also appear as `_S` and `_T` labels, so they may have 62 bytes, one
+/// less than a DNS label; ids 63. What is acknowledged answers in DNS.
+#[test]
+fn service_and_tag_labels_leave_room_for_their_underscore() {
+    let server = Svcdns::start();
+    let mut connection = server.connect();
+    let register = |connection: &mut Registration, service: &str, id: &str, tag: &str| {
+        connection.send(&json!({"op": "register", "service": service, "id": id,
+            "addresses": ["10.0.0.1"], "port": 80, "tags": [tag]}))
+    };
+    let long = |n: usize| "s".repeat(n);
+    let refused = register(&mut connection, &long(63), "a", "t");
+    assert_eq!(refused["error"]["code"], "invalid_service", "{refused}");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("62 bytes"));
+    let refused = register(&mut connection, "web", "a", &long(63));
+    assert_eq!(refused["error"]["code"], "invalid_tag", "{refused}");
+
+    let service = long(62);
+    let tag = "t".repeat(62);
+    let id = "i".repeat(63);
+    let accepted = register(&mut connection, &service, &id, &tag);
+    assert_eq!(accepted["ok"], true, "{accepted}");
+    let srv = server.query(&format!("_{service}._tcp.svc.internal."), RecordType::SRV);
+    assert_eq!(
+        answer_data(&srv),
+        vec![format!("1 1 80 {id}.{service}.svc.internal.")]
+    );
+    let by_tag = server.query(&format!("_{service}._{tag}.svc.internal."), RecordType::SRV);
+    assert_eq!(by_tag.answers.len(), 1);
+}

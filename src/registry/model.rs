@@ -48,8 +48,14 @@ impl Label {
     pub fn parse(text: &str, what: LabelKind) -> Result<Label, RegistryError> {
         let problem = if text.is_empty() {
             Some("is empty")
-        } else if text.len() > MAX_LABEL_LEN {
-            Some("is longer than 63 bytes")
+        } else if text.len() > what.max_len() {
+            Some(match what {
+                LabelKind::Id => "is longer than 63 bytes",
+                // `_S` and `_T` must fit a DNS label too.
+                LabelKind::Service | LabelKind::Tag => {
+                    "is longer than 62 bytes (it is also used with a leading '_')"
+                }
+            })
         } else if !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             Some("may contain only letters, digits and '-'")
         } else if text.starts_with('-') || text.ends_with('-') {
@@ -94,6 +100,15 @@ pub enum LabelKind {
 }
 
 impl LabelKind {
+    /// Longest label of this kind: a DNS label has at most 63 bytes (RFC 1035 §2.3.4),
+    /// and services and tags also appear as `_S` and `_T`.
+    pub fn max_len(self) -> usize {
+        match self {
+            LabelKind::Id => MAX_LABEL_LEN,
+            LabelKind::Service | LabelKind::Tag => MAX_LABEL_LEN - 1,
+        }
+    }
+
     pub fn field(self) -> &'static str {
         match self {
             LabelKind::Service => "service",
