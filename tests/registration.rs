@@ -209,6 +209,8 @@ fn bad_requests_get_stable_codes_and_change_nothing() {
         ("{\"op\":\"register\",\"service\":\"web\",\"id\":\"a\",\"addresses\":[\"10.0.0.1\"],\"port\":1,\"tags\":[\"v 2\"]}", "invalid_tag"),
         ("{\"op\":\"register\",\"service\":\"web\",\"id\":\"a\",\"addresses\":[\"10.0.0.1\"],\"port\":1,\"tags\":[\"tcp\"]}", "invalid_tag"),
         ("{\"op\":\"register\",\"service\":\"web\",\"id\":\"a\",\"addresses\":[\"10.0.0.1\"],\"port\":1,\"meta\":{\"a=b\":\"c\"}}", "invalid_meta"),
+        // DNS-SD keys are case-insensitive (RFC 6763 §6.4).
+        ("{\"op\":\"register\",\"service\":\"web\",\"id\":\"a\",\"addresses\":[\"10.0.0.1\"],\"port\":1,\"meta\":{\"Version\":\"1\",\"version\":\"2\"}}", "invalid_meta"),
         ("{\"op\":\"register\",\"service\":\"web\",\"id\":\"a\",\"addresses\":[\"10.0.0.1\"],\"port\":1,\"colour\":\"red\"}", "unknown_field"),
         ("{\"op\":\"register\",\"service\":\"web\",\"id\":\"a\",\"addresses\":[\"10.0.0.1\"],\"port\":1,\"zone\":\"other.example.\"}", "unknown_zone"),
         // The tag/id label collision: `web-1.web.Z` cannot be both an instance and a tag.

@@ -166,8 +166,17 @@ impl Meta {
     /// Encodes a map, checking that every entry can be one TXT string.
     pub fn from_map(map: &BTreeMap<String, String>) -> Result<Meta, RegistryError> {
         let mut wire = Vec::with_capacity(map.iter().map(|(k, v)| k.len() + v.len() + 2).sum());
+        let mut seen = std::collections::HashSet::with_capacity(map.len());
         for (key, value) in map {
             validate_meta(key, value)?;
+            // DNS-SD keys are case-insensitive (RFC 6763 §6.4): `Version` and `version`
+            // would be one key given twice, and clients would see either.
+            if !seen.insert(key.to_ascii_lowercase()) {
+                return Err(RegistryError::InvalidMeta {
+                    key: key.clone(),
+                    problem: "repeats another key that differs only in case (DNS-SD keys are case-insensitive)",
+                });
+            }
             // validate_meta bounds the string at 255 bytes, so the length fits a u8.
             wire.push((key.len() + 1 + value.len()) as u8);
             wire.extend_from_slice(key.as_bytes());
