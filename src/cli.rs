@@ -181,8 +181,13 @@ async fn keepalive(
                     }
                 }
             }
-            if let Err(e) = connection.request(request).await {
-                eprintln!("registering again failed: {e:#}");
+            match connection.request(request).await {
+                Ok(_) => eprintln!(
+                    "registered {}.{} again",
+                    request["id"].as_str().unwrap_or("?"),
+                    request["service"].as_str().unwrap_or("?")
+                ),
+                Err(e) => eprintln!("registering again failed: {e:#}"),
             }
         }
     }
@@ -307,5 +312,7 @@ pub async fn watch(endpoint: &Endpoint, service: Option<String>) -> Result<()> {
             svcdns::client::check(message)?;
         }
     }
-    Ok(())
+    // A watch never ends on its own: the server went away, and whoever reads our
+    // output must not take the silence for "no more changes".
+    bail!("the server closed the watch (stopped or restarted?): changes are no longer followed")
 }

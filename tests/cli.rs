@@ -225,3 +225,32 @@ fn watch_prints_the_present_instances_then_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn watch_fails_loudly_when_the_server_goes_away() {
+    let mut server = Svcdns::start();
+    let mut child = Command::new(BIN)
+        .args(["watch"])
+        .current_dir(server.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    // The watch is set up once a change reaches it.
+    server.register(serde_json::json!({"op": "register", "service": "web", "id": "web-1", "addresses": ["10.0.0.5"], "port": 80}));
+    assert!(next_line(&lines).contains("web-1"));
+    server.terminate();
+    let mut status = None;
+    assert!(
+        eventually(WAIT, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "watch did not end when the server stopped"
+    );
+    assert!(!status.unwrap().success(), "watch must exit non-zero");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("server closed the watch"), "{stderr}");
+}

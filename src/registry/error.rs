@@ -78,7 +78,7 @@ pub enum RegistryError {
     },
     #[error("zone {0:?} is not served here")]
     UnknownZone(String),
-    #[error("instance {id:?} of service {service:?} is not registered")]
+    #[error("instance {id:?} of service {service:?} is not registered (deregistered, or its lease expired or its connection closed before this request)")]
     NotFound { service: String, id: String },
     #[error("the registry is shutting down")]
     Unavailable,
