@@ -305,6 +305,27 @@ fn per_instance_dns_ttl() {
 }
 
 #[test]
+fn record_ttls_never_outlive_the_lease() {
+    let server = Svcdns::start();
+    // A lease shorter than the zone's default TTL (5 s) and than its own dns_ttl.
+    server.register(json!({"op": "register", "service": "brief", "id": "b-1",
+        "addresses": ["10.0.0.1"], "port": 1, "ttl": 3, "dns_ttl": 60}));
+    server.register(json!({"op": "register", "service": "brief", "id": "b-2",
+        "addresses": ["10.0.0.2"], "port": 1, "ttl": 2}));
+    let pinned = server.query(&format!("b-1.brief.{Z}"), RecordType::A);
+    assert_eq!(pinned.answers[0].ttl, 3);
+    let defaulted = server.query(&format!("b-2.brief.{Z}"), RecordType::A);
+    assert_eq!(defaulted.answers[0].ttl, 2);
+    let srv = server.query(&format!("_brief._tcp.{Z}"), RecordType::SRV);
+    assert!(srv.answers.iter().all(|r| r.ttl == 2), "{:?}", srv.answers);
+    assert!(
+        srv.additionals.iter().all(|r| r.ttl <= 3),
+        "{:?}",
+        srv.additionals
+    );
+}
+
+#[test]
 fn changes_are_visible_in_dns_when_acknowledged() {
     let server = Svcdns::start();
     let mut connection = server.connect();

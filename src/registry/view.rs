@@ -27,7 +27,8 @@ use super::{ConnectionId, RegistryError};
 #[derive(Debug)]
 pub struct Entry {
     pub instance: Instance,
-    /// TTL of the instance's DNS records: its `dns_ttl`, or its zone's default.
+    /// TTL of the instance's DNS records: its `dns_ttl`, or its zone's default, but
+    /// never more than its lease.
     pub dns_ttl: u32,
     /// The registration connection an ephemeral instance lives with.
     pub owner: Option<ConnectionId>,
@@ -36,8 +37,11 @@ pub struct Entry {
 
 impl Entry {
     pub fn new(instance: Instance, zone_default_ttl: u32, owner: Option<ConnectionId>) -> Entry {
+        // A cache must not keep serving an instance after its lease could have ended:
+        // the record TTL is at most the lease.
+        let lease = instance.ttl.unwrap_or(u32::MAX);
         Entry {
-            dns_ttl: instance.dns_ttl.unwrap_or(zone_default_ttl),
+            dns_ttl: instance.dns_ttl.unwrap_or(zone_default_ttl).min(lease),
             owner: owner.filter(|_| instance.ephemeral),
             instance,
             lease: LeaseSlot::default(),
