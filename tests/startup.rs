@@ -163,3 +163,18 @@ fn the_soa_block_applies_without_an_ns_list() {
     let missing = server.query("nope.a.example.", RecordType::A);
     assert_eq!(missing.authorities.first().map(|r| r.ttl), Some(30));
 }
+
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    let server = Svcdns::start();
+    server.register(
+        serde_json::json!({"op": "register", "service": "web", "id": "web-1",
+        "addresses": ["10.0.0.5"], "port": 80}),
+    );
+    let logs = server.logs();
+    assert!(logs.contains("serving"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escapes in logs that go to a pipe: {logs:?}"
+    );
+}
