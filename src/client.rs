@@ -39,6 +39,7 @@ pub struct Connection {
     reader: BufReader<BoxedRead>,
     writer: BoxedWrite,
     line: String,
+    endpoint: Endpoint,
 }
 
 impl Connection {
@@ -66,6 +67,7 @@ impl Connection {
             reader: BufReader::new(reader),
             writer,
             line: String::new(),
+            endpoint: endpoint.clone(),
         })
     }
 
@@ -81,7 +83,12 @@ impl Connection {
         self.writer.flush().await?;
         match self.next_message().await? {
             Some(reply) => check(reply),
-            None => bail!("the server closed the connection without a reply"),
+            None => match &self.endpoint {
+                Endpoint::Tcp(address) => bail!(
+                    "{address} closed the connection without a reply: is it svcdns's registration port (registration.tcp, default 127.0.0.1:8054) and not its DNS port?"
+                ),
+                Endpoint::Unix(_) => bail!("the server closed the connection without a reply"),
+            },
         }
     }
 

@@ -110,7 +110,8 @@ fn register_list_deregister_over_the_default_socket_and_tcp() {
 
 #[test]
 fn refusals_and_connection_failures_exit_non_zero_with_the_reason() {
-    let server = Svcdns::start();
+    // An idle timeout longer than the test waits: the DNS port must not just time out.
+    let server = Svcdns::with_dns_config(&[], "tcp_idle_timeout: 60");
     let out = svcdns(
         &server,
         &["register", "web", "bad_id", "-a", "10.0.0.5", "-p", "80"],
@@ -125,6 +126,26 @@ fn refusals_and_connection_failures_exit_non_zero_with_the_reason() {
     let out = svcdns(&server, &["list", "--socket", "/nonexistent/svcdns.sock"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("/nonexistent/svcdns.sock"));
+
+    // The DNS port given as the registration port: a prompt, clear failure.
+    let mut child = Command::new(BIN)
+        .args(["list", "--tcp", &server.dns.to_string()])
+        .current_dir(server.dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    assert!(
+        eventually(WAIT, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "list --tcp DNS-PORT did not fail promptly"
+    );
+    assert!(!status.unwrap().success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("registration port"), "{stderr}");
 
     // Port 0 is refused where the other ports are: by the command line, with the range.
     let out = svcdns(

@@ -107,6 +107,12 @@ async fn connection(
     let mut response = Vec::new();
     loop {
         let len = match timeout(idle_timeout, reader.read_u16()).await {
+            // `{"` starts a JSON line: a registration client sent to the DNS port by
+            // mistake. Closing at once lets it fail now instead of after the timeout.
+            Ok(Ok(len)) if len.to_be_bytes() == *b"{\"" => {
+                debug!(%peer, "a registration request on the DNS port; closing");
+                return Ok(());
+            }
             Ok(Ok(len)) => usize::from(len),
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(e),
