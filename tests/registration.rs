@@ -389,3 +389,49 @@ fn service_and_tag_labels_leave_room_for_their_underscore() {
     let by_tag = server.query(&format!("_{service}._{tag}.svc.internal."), RecordType::SRV);
     assert_eq!(by_tag.answers.len(), 1);
 }
+
+/// Changes are logged at INFO one line each, and a burst is summed up instead of
+/// flooding the log.
+#[test]
+fn changes_are_logged_one_by_one_and_bursts_summed_up() {
+    let server = Svcdns::start();
+    server.register(json!({"op": "register", "service": "web", "id": "web-1",
+        "addresses": ["10.0.0.5"], "port": 80}));
+    let mut connection = server.connect();
+    let reply = connection.send(&json!({"op": "deregister", "service": "web", "id": "web-1"}));
+    assert_eq!(reply["ok"], true);
+    let mut logs = String::new();
+    assert!(eventually(WAIT, || {
+        logs.push_str(&server.logs());
+        logs.contains("instance deregistered")
+    }));
+    let registered = logs
+        .lines()
+        .find(|line| line.contains("instance registered"))
+        .unwrap_or_else(|| panic!("no registration line in {logs}"));
+    assert!(
+        registered.contains("service=web") && registered.contains("id=web-1"),
+        "{registered}"
+    );
+
+    let burst: String = (0..300)
+        .map(|i| format!("{{\"op\":\"register\",\"service\":\"burst\",\"id\":\"b-{i}\",\"addresses\":[\"10.1.0.1\"],\"port\":80}}\n"))
+        .collect();
+    connection.send_raw(burst.as_bytes());
+    for _ in 0..300 {
+        assert_eq!(connection.read()["ok"], true);
+    }
+    let mut logs = String::new();
+    assert!(
+        eventually(WAIT, || {
+            logs.push_str(&server.logs());
+            logs.contains("more changes in the last second")
+        }),
+        "no summary line in {logs}"
+    );
+    let one_by_one = logs.matches("instance registered").count();
+    assert!(
+        one_by_one <= 20,
+        "{one_by_one} registration lines for a burst"
+    );
+}

@@ -9,6 +9,7 @@
 //! The registry knows nothing about DNS encoding. What it needs from the DNS side, whether
 //! an instance's names fit its zone, comes through the narrow [`Admission`] trait.
 
+mod change_log;
 mod error;
 pub mod leases;
 pub mod model;

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
+use super::change_log::ChangeLog;
 use super::leases::Leases;
 use super::model::{Label, Registration};
 use super::view::{Entry, InstanceRef, View};
@@ -73,6 +74,8 @@ pub struct Writer {
     /// taken over by another registration; `Entry::owner` says who holds them now).
     ephemeral: HashMap<ConnectionId, Vec<InstanceRef>>,
     watchers: Watchers,
+    /// The changes, at INFO, rate-limited.
+    change_log: ChangeLog,
 }
 
 /// The effects of one batch, delivered once it is published.
@@ -98,6 +101,7 @@ impl Writer {
             retired: Vec::new(),
             ephemeral: HashMap::new(),
             watchers: Watchers::default(),
+            change_log: ChangeLog::new(Instant::now()),
         }
     }
 
@@ -106,7 +110,11 @@ impl Writer {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut running = true;
         while running {
-            let first = match self.leases.next_deadline() {
+            let deadline = match (self.leases.next_deadline(), self.change_log.deadline()) {
+                (Some(lease), Some(log)) => Some(lease.min(log)),
+                (lease, log) => lease.or(log),
+            };
+            let first = match deadline {
                 Some(deadline) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     queue.recv_timeout(wait)
@@ -155,6 +163,7 @@ impl Writer {
             }
         }
         self.watchers.dispatch(&outcome.events);
+        self.change_log.record(&outcome.events, now);
         for (filter, reply) in outcome.watches {
             let events = self.watchers.add(filter);
             let snapshot = self.published.load_full();
