@@ -107,10 +107,27 @@ pub struct RegistrationConfig {
     pub max_connections: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Where names outside our zones are resolved.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
+    /// Upstream resolvers, tried in turn; none (and no `from_resolv_conf`): names
+    /// outside our zones are REFUSED.
     pub upstreams: Vec<SocketAddr>,
+    /// Also forward to the nameservers of this resolv.conf (port 53).
+    pub from_resolv_conf: Option<PathBuf>,
+    /// Seconds to wait for one upstream before trying the next.
+    pub timeout: u64,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            upstreams: Vec::new(),
+            from_resolv_conf: None,
+            timeout: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +221,12 @@ impl Config {
         if self.registration.unix.is_none() && self.registration.tcp.is_none() {
             return Err("registration needs a unix socket, a tcp address, or both".into());
         }
+        if self.forward.timeout == 0 || self.forward.timeout > 60 {
+            return Err(format!(
+                "forward.timeout {} must be 1-60 seconds",
+                self.forward.timeout
+            ));
+        }
         if self.registration.max_connections == 0 {
             return Err("registration.max_connections must be at least 1".into());
         }
@@ -212,7 +235,6 @@ impl Config {
                 self.registration.tokens_file.is_some(),
                 "registration.tokens_file",
             ),
-            (!self.forward.upstreams.is_empty(), "forward.upstreams"),
             (self.data_dir.is_some(), "data_dir"),
             (self.http.is_some(), "http"),
         ];

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::api::RegistrationServer;
 use crate::config::Config;
+use crate::dns::forward::{Forwarder, Upstreams};
 use crate::dns::front::{Fallback, Responder};
 use crate::dns::server::{DnsServer, DnsSettings};
 use crate::dns::tcp::TcpSettings;
@@ -53,7 +54,21 @@ pub async fn run(config: Config) -> Result<()> {
         max_answer_records: config.dns.max_answer_records,
     };
     let served = zones.served(&registry.published(), serial, sampling);
-    let fallback = Fallback::new(dns::catalog(&served));
+    let upstreams = Upstreams::new(
+        &config.forward.upstreams,
+        config.forward.from_resolv_conf.as_deref(),
+        Duration::from_secs(config.forward.timeout),
+        &config.dns.listen,
+    )?;
+    let forwarder = if upstreams.is_empty() {
+        None
+    } else {
+        let forwarder = Forwarder::new(&upstreams)
+            .map_err(|e| anyhow::anyhow!("setting up forwarding: {e}"))?;
+        info!(upstreams = ?upstreams.addresses, "names outside our zones are forwarded");
+        Some(forwarder)
+    };
+    let fallback = Fallback::new(dns::catalog(&served, forwarder));
     let responder = Arc::new(Responder::new(served, config.dns.fast_path));
     let dns_settings = DnsSettings {
         listen: config.dns.listen.clone(),

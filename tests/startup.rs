@@ -91,9 +91,10 @@ fn bad_configuration_is_refused() {
     for (extra, expected) in [
         ("colour: blue\n", "unknown field `colour`"),
         (
-            "forward:\n  upstreams: [\"127.0.0.53:53\"]\n",
-            "forward.upstreams is not supported",
+            "forward:\n  timeout: 0\n",
+            "forward.timeout 0 must be 1-60 seconds",
         ),
+        ("http:\n  listen: 127.0.0.1:9000\n", "http is not supported"),
         ("default_zone: \"bad..zone\"\n", "default_zone"),
     ] {
         let error = match Svcdns::try_start(&[], extra) {

@@ -10,6 +10,7 @@
 //! carry no AA, UDP replies never exceed 4096 bytes, SOA answers carry no NS RRset in
 //! the authority section, and the DO bit is echoed (RFC 3225 §3), as Knot does.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::{Catalog, MessageResponse};
 use tracing::warn;
 
+use super::forward::{with_extended_error, FORWARDING_FAILURE};
 use super::records;
 use super::wire::{
     Packet, ResponseWriter, Scratch, Section, WireName, CLASSIC_UDP_LIMIT, CLASS_IN, HEADER_LEN,
@@ -224,11 +226,19 @@ impl Fallback {
             transport,
             response: Arc::new(Mutex::new(None)),
         };
-        self.catalog
-            .handle_request::<_, TokioTime>(&request, captured.clone())
+        let failure = FORWARDING_FAILURE
+            .scope(RefCell::new(None), async {
+                self.catalog
+                    .handle_request::<_, TokioTime>(&request, captured.clone())
+                    .await;
+                FORWARDING_FAILURE.with(|failure| failure.take())
+            })
             .await;
-        let response = captured.response.lock().ok()?.take();
-        response
+        let response = captured.response.lock().ok()?.take()?;
+        Some(match failure {
+            Some(reason) => with_extended_error(response, &reason),
+            None => response,
+        })
     }
 }
 

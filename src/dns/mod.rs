@@ -2,6 +2,7 @@
 //! UDP/TCP front on the wire (`front`), with a hickory-server `Catalog` behind it.
 
 pub mod fitter;
+pub mod forward;
 pub mod front;
 pub mod handler;
 pub mod naming;
@@ -17,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use hickory_proto::rr::{LowerName, Name};
 use hickory_server::zone_handler::Catalog;
 
 use crate::registry::{Admission, Instance, Label, RegistryError, View, ZoneSettings};
@@ -72,11 +74,15 @@ impl Zones {
     }
 }
 
-/// A hickory catalog with the served zones as its zone handlers.
-pub fn catalog(served: &[Arc<ServedZone>]) -> Catalog {
+/// A hickory catalog with the served zones as its zone handlers, and the forwarder (if
+/// any) for every other name.
+pub fn catalog(served: &[Arc<ServedZone>], forwarder: Option<forward::Forwarder>) -> Catalog {
     let mut catalog = Catalog::new();
     for zone in served {
         catalog.upsert(zone.zone().lower_origin().clone(), vec![zone.clone()]);
+    }
+    if let Some(forwarder) = forwarder {
+        catalog.upsert(LowerName::from(Name::root()), vec![Arc::new(forwarder)]);
     }
     catalog
 }
