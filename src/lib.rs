@@ -1,6 +1,7 @@
 //! svcdns: a DNS server for service discovery. Services register over a small socket
 //! (`api`), the registry keeps them and their leases (`registry`), and every change is
-//! rendered into prepared DNS answers served by hickory-server (`dns`).
+//! answered in DNS from the latest snapshot by svcdns's own UDP/TCP front, with
+//! hickory-server behind it for everything else (`dns`).
 
 pub mod api;
 pub mod client;
@@ -9,3 +10,4 @@ pub mod dns;
 pub mod registry;
 pub mod serve;
 pub mod stop;
+pub mod throttle;

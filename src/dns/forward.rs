@@ -10,8 +10,7 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hickory_proto::op::{Message, ResponseCode};
@@ -26,6 +25,7 @@ use hickory_server::zone_handler::{
 use tracing::warn;
 
 use crate::config::ConfigError;
+use crate::throttle::LogThrottle;
 
 /// At most one warning about failing upstreams per this many seconds.
 const FAILURE_WARNING_INTERVAL: u64 = 10;
@@ -146,26 +146,16 @@ impl Forwarder {
     fn failed(&self, name: &LowerName, record_type: RecordType, error: &LookupError) {
         let reason = format!("no upstream answered ({}): {error}", self.upstreams);
         let _ = FORWARDING_FAILURE.try_with(|slot| *slot.borrow_mut() = Some(reason));
-        static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
-        static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = LAST_WARNING.load(Ordering::Relaxed);
-        if now < last + FAILURE_WARNING_INTERVAL
-            || LAST_WARNING
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        static THROTTLE: LogThrottle = LogThrottle::new(FAILURE_WARNING_INTERVAL);
+        let Some(suppressed) = THROTTLE.admit() else {
             return;
-        }
+        };
         warn!(
             name = %name,
             r#type = %record_type,
             upstreams = %self.upstreams,
             error = %error,
-            similar_since_last_warning = SUPPRESSED.swap(0, Ordering::Relaxed),
+            similar_since_last_warning = suppressed,
             "forwarding failed: SERVFAIL"
         );
     }

@@ -13,9 +13,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hickory_proto::rr::{Record, RecordType};
 use hickory_proto::serialize::binary::BinEncoder;
@@ -33,6 +31,7 @@ use super::wire::{
     MAX_UDP_RESPONSE, TYPE_OPT,
 };
 use super::zone::{Negative, ServedZone};
+use crate::throttle::LogThrottle;
 
 /// Largest DNS message over TCP (RFC 1035 §4.2.2).
 const TCP_LIMIT: usize = 65_535;
@@ -172,26 +171,16 @@ pub fn warn_huge_answer(
     total: usize,
     sent: usize,
 ) {
-    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = LAST_WARNING.load(Ordering::Relaxed);
-    if now < last + HUGE_ANSWER_WARNING_INTERVAL
-        || LAST_WARNING
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    static THROTTLE: LogThrottle = LogThrottle::new(HUGE_ANSWER_WARNING_INTERVAL);
+    let Some(suppressed) = THROTTLE.admit() else {
         return;
-    }
+    };
     warn!(
         name = %name,
         r#type = %record_type,
         records = total,
         sent,
-        similar_since_last_warning = SUPPRESSED.swap(0, Ordering::Relaxed),
+        similar_since_last_warning = suppressed,
         "answer does not fit a 65535-byte DNS message: sent truncated (TC); set dns.max_answer_records to answer large sets with a sample"
     );
 }
