@@ -35,6 +35,21 @@ pub struct Svcdns {
     stderr: Option<mpsc::Receiver<String>>,
 }
 
+/// How a test server is started; see the constructors of [`Svcdns`].
+#[derive(Default)]
+struct Launch<'a> {
+    zones: &'a [(&'a str, &'a str)],
+    /// Extra keys of the `dns:` section, one per line.
+    dns_lines: &'a str,
+    /// Extra top-level configuration.
+    extra_config: &'a str,
+    open_files: Option<u32>,
+    /// A network namespace to run in.
+    netns: Option<&'a str>,
+    /// DNS listen address (default: a free loopback port).
+    listen: Option<&'a str>,
+}
+
 /// Which way a DNS query travels.
 #[derive(Clone, Copy, Debug)]
 pub enum Transport {
@@ -60,7 +75,12 @@ impl Svcdns {
     /// line without indentation (e.g. `"max_answer_records: 3"`). The harness writes
     /// `dns:` itself (for `listen`), and a second `dns:` key in the file is an error.
     pub fn with_dns_config(zones: &[(&str, &str)], dns_lines: &str) -> Svcdns {
-        match Svcdns::launch(zones, dns_lines, "", None) {
+        let launch = Launch {
+            zones,
+            dns_lines,
+            ..Launch::default()
+        };
+        match Svcdns::launch(launch) {
             Ok(server) => server,
             Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
         }
@@ -68,7 +88,11 @@ impl Svcdns {
 
     /// Starts svcdns with at most `limit` open files, soft and hard, so it cannot raise it.
     pub fn with_open_files_limit(limit: u32) -> Svcdns {
-        match Svcdns::launch(&[], "", "", Some(limit)) {
+        let launch = Launch {
+            open_files: Some(limit),
+            ..Launch::default()
+        };
+        match Svcdns::launch(launch) {
             Ok(server) => server,
             Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
         }
@@ -76,15 +100,39 @@ impl Svcdns {
 
     /// Starts svcdns; on failure returns what it printed to stderr.
     pub fn try_start(zones: &[(&str, &str)], extra_config: &str) -> Result<Svcdns, String> {
-        Svcdns::launch(zones, "", extra_config, None)
+        Svcdns::launch(Launch {
+            zones,
+            extra_config,
+            ..Launch::default()
+        })
     }
 
-    fn launch(
+    /// Starts svcdns inside the network namespace `netns` (`ip netns exec`), with DNS on
+    /// `listen`. Only the Unix registration socket is reachable from the test.
+    pub fn in_netns(
+        netns: &str,
+        listen: &str,
         zones: &[(&str, &str)],
-        dns_lines: &str,
         extra_config: &str,
-        open_files: Option<u32>,
     ) -> Result<Svcdns, String> {
+        Svcdns::launch(Launch {
+            zones,
+            extra_config,
+            netns: Some(netns),
+            listen: Some(listen),
+            ..Launch::default()
+        })
+    }
+
+    fn launch(launch: Launch<'_>) -> Result<Svcdns, String> {
+        let Launch {
+            zones,
+            dns_lines,
+            extra_config,
+            open_files,
+            netns,
+            listen,
+        } = launch;
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("zones")).expect("zones dir");
         for (name, content) in zones {
@@ -96,12 +144,27 @@ impl Svcdns {
             .map(|line| format!("  {line}\n"))
             .collect();
         let config = format!(
-            "dns:\n  listen: [\"127.0.0.1:0\"]\n{dns_extra}registration:\n  unix: svcdns.sock\n  tcp: 127.0.0.1:0\nzones_dir: zones\n{extra_config}"
+            "dns:\n  listen: [\"{}\"]\n{dns_extra}registration:\n  unix: svcdns.sock\n  tcp: 127.0.0.1:0\nzones_dir: zones\n{extra_config}",
+            listen.unwrap_or("127.0.0.1:0")
         );
         std::fs::write(dir.path().join("svcdns.yaml"), config).expect("config");
-        let mut command = match open_files {
+        let mut command = match (open_files, netns) {
+            // `ip netns exec` runs the command in the same process: the pid is svcdns's.
+            (_, Some(netns)) => {
+                let mut command = Command::new("ip");
+                command.args([
+                    "netns",
+                    "exec",
+                    netns,
+                    BIN,
+                    "serve",
+                    "--config",
+                    "svcdns.yaml",
+                ]);
+                command
+            }
             // `ulimit -n` in sh sets the soft and the hard limit; exec keeps the pid.
-            Some(limit) => {
+            (Some(limit), None) => {
                 let mut command = Command::new("sh");
                 command.args([
                     "-c",
@@ -110,7 +173,7 @@ impl Svcdns {
                 ]);
                 command
             }
-            None => {
+            (None, None) => {
                 let mut command = Command::new(BIN);
                 command.args(["serve", "--config", "svcdns.yaml"]);
                 command
