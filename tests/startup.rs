@@ -179,3 +179,10 @@ fn logs_to_a_pipe_are_plain_text() {
         "ANSI escapes in logs that go to a pipe: {logs:?}"
     );
 }
+
+#[test]
+fn the_example_configuration_in_contrib_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/svcdns.yaml");
+    let config = svcdns::config::Config::load(&path).expect("contrib/svcdns.yaml loads");
+    assert_eq!(config.dns.listen[0].port(), 53);
+}
