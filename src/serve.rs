@@ -60,6 +60,12 @@ pub async fn run(config: Config) -> Result<()> {
         Duration::from_secs(config.forward.timeout),
         &config.dns.listen,
     )?;
+    if !upstreams.ourselves.is_empty() {
+        warn!(
+            left_out = ?upstreams.ourselves,
+            "forward upstreams that are svcdns's own DNS address are left out: forwarding to ourselves would loop"
+        );
+    }
     let forwarder = if upstreams.is_empty() {
         None
     } else {

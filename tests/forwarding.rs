@@ -171,3 +171,24 @@ fn upstreams_can_come_from_a_resolv_conf() {
     };
     assert!(error.contains("missing.conf"), "{error}");
 }
+
+#[test]
+fn svcdns_is_never_its_own_upstream() {
+    // The test harness listens on a free port; name a fixed one and forward to it.
+    let listen = closed_port();
+    let server = Svcdns::listening_on(
+        &listen.to_string(),
+        &format!("forward:\n  upstreams: [\"{listen}\"]\n"),
+    );
+    let logs = server.logs();
+    assert!(
+        logs.contains("forwarding to ourselves would loop"),
+        "{logs}"
+    );
+    let response = ask(&server, "www.example.test.", RecordType::A);
+    assert_eq!(
+        rcode(&response),
+        ResponseCode::Refused,
+        "no upstream left: REFUSED"
+    );
+}

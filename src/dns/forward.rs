@@ -45,6 +45,8 @@ tokio::task_local! {
 pub struct Upstreams {
     pub addresses: Vec<SocketAddr>,
     pub timeout: Duration,
+    /// Configured upstreams that are svcdns's own listen addresses, left out.
+    pub ourselves: Vec<SocketAddr>,
 }
 
 impl Upstreams {
@@ -72,19 +74,23 @@ impl Upstreams {
             );
         }
         let mut unique = Vec::with_capacity(addresses.len());
+        let mut ourselves = Vec::new();
         for address in addresses {
-            let ourselves = ours.iter().any(|own| {
+            let is_ours = ours.iter().any(|own| {
                 own.port() == address.port()
                     && (own.ip() == address.ip()
                         || (own.ip().is_unspecified() && is_local(address.ip())))
             });
-            if !ourselves && !unique.contains(&address) {
+            if is_ours {
+                ourselves.push(address);
+            } else if !unique.contains(&address) {
                 unique.push(address);
             }
         }
         Ok(Upstreams {
             addresses: unique,
             timeout,
+            ourselves,
         })
     }
 

@@ -107,6 +107,19 @@ impl Svcdns {
         })
     }
 
+    /// Starts svcdns with DNS on `listen` (a fixed address) and extra configuration.
+    pub fn listening_on(listen: &str, extra_config: &str) -> Svcdns {
+        let launch = Launch {
+            extra_config,
+            listen: Some(listen),
+            ..Launch::default()
+        };
+        match Svcdns::launch(launch) {
+            Ok(server) => server,
+            Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
+        }
+    }
+
     /// Starts svcdns inside the network namespace `netns` (`ip netns exec`), with DNS on
     /// `listen`. Only the Unix registration socket is reachable from the test.
     pub fn in_netns(
