@@ -154,9 +154,10 @@ fn upstreams_can_come_from_a_resolv_conf() {
             resolv_conf.display()
         ),
     );
+    let logs = server.logs_until("127.0.0.1:53");
     assert!(
-        server.logs().contains("127.0.0.1:53"),
-        "the upstream is logged at start"
+        logs.contains("127.0.0.1:53"),
+        "the upstream is logged at start: {logs}"
     );
     let response = ask(&server, "www.example.test.", RecordType::A);
     assert_ne!(rcode(&response), ResponseCode::Refused);
@@ -180,7 +181,7 @@ fn svcdns_is_never_its_own_upstream() {
         &listen.to_string(),
         &format!("forward:\n  upstreams: [\"{listen}\"]\n"),
     );
-    let logs = server.logs();
+    let logs = server.logs_until("forwarding to ourselves would loop");
     assert!(
         logs.contains("forwarding to ourselves would loop"),
         "{logs}"

@@ -172,7 +172,7 @@ fn logs_to_a_pipe_are_plain_text() {
         serde_json::json!({"op": "register", "service": "web", "id": "web-1",
         "addresses": ["10.0.0.5"], "port": 80}),
     );
-    let logs = server.logs();
+    let logs = server.logs_until("instance registered");
     assert!(logs.contains("serving"), "{logs}");
     assert!(
         !logs.contains('\u{1b}'),

@@ -311,7 +311,22 @@ impl Svcdns {
         }
     }
 
-    /// Everything the server has logged so far.
+    /// Everything the server has logged until a line containing `needle` (waiting up
+    /// to [`WAIT`] for it: the log is read by another thread); what came if it never does.
+    pub fn logs_until(&self, needle: &str) -> String {
+        let mut logs = String::new();
+        eventually(WAIT, || {
+            let more = self.logs();
+            if !more.is_empty() {
+                logs.push_str(&more);
+                logs.push('\n');
+            }
+            logs.contains(needle)
+        });
+        logs
+    }
+
+    /// Everything the server has logged so far (and not returned before).
     pub fn logs(&self) -> String {
         self.stderr
             .as_ref()
