@@ -38,6 +38,20 @@ fn next_line(lines: &mpsc::Receiver<String>) -> String {
         .expect("a line from the command within the time limit")
 }
 
+/// The child's exit status, once it has exited; fails with `what` if it has not
+/// within [`WAIT`].
+fn exited_within_wait(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let mut status = None;
+    assert!(
+        eventually(WAIT, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "{what}"
+    );
+    status.expect("exited")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -134,15 +148,8 @@ fn refusals_and_connection_failures_exit_non_zero_with_the_reason() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut status = None;
-    assert!(
-        eventually(WAIT, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        }),
-        "list --tcp DNS-PORT did not fail promptly"
-    );
-    assert!(!status.unwrap().success());
+    let status = exited_within_wait(&mut child, "list --tcp DNS-PORT did not fail promptly");
+    assert!(!status.success());
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("registration port"), "{stderr}");
@@ -205,15 +212,7 @@ fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let mut status = None;
-    assert!(
-        eventually(WAIT, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        }),
-        "the CLI did not exit after SIGINT"
-    );
-    let status = status.unwrap();
+    let status = exited_within_wait(&mut child, "the CLI did not exit after SIGINT");
     assert!(status.success(), "{status:?}");
     assert_eq!(
         rcode(&server.query("k-1.kept.svc.internal.", RecordType::A)),
@@ -262,15 +261,8 @@ fn watch_fails_loudly_when_the_server_goes_away() {
     server.register(serde_json::json!({"op": "register", "service": "web", "id": "web-1", "addresses": ["10.0.0.5"], "port": 80}));
     assert!(next_line(&lines).contains("web-1"));
     server.terminate();
-    let mut status = None;
-    assert!(
-        eventually(WAIT, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        }),
-        "watch did not end when the server stopped"
-    );
-    assert!(!status.unwrap().success(), "watch must exit non-zero");
+    let status = exited_within_wait(&mut child, "watch did not end when the server stopped");
+    assert!(!status.success(), "watch must exit non-zero");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("server closed the watch"), "{stderr}");

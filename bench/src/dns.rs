@@ -1,7 +1,9 @@
-//! DNS over UDP on loopback: single queries and a prober that measures latency while
-//! something else goes on.
+//! DNS over UDP on loopback: single queries, a prober that measures latency while
+//! something else goes on, and dnsperf runs.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -125,4 +127,48 @@ impl Prober {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("prober")
     }
+}
+
+/// What one dnsperf run reported.
+pub struct Run {
+    pub qps: f64,
+    /// Average latency, in seconds.
+    pub latency_s: f64,
+}
+
+/// One dnsperf run against `server` (8 clients, 500 queries in flight, `seconds`
+/// long), as every benchmark here drives it; `None` when dnsperf fails.
+pub fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64) -> Option<Run> {
+    let output = Command::new("dnsperf")
+        .args([
+            "-s",
+            &server.ip().to_string(),
+            "-p",
+            &server.port().to_string(),
+            "-d",
+        ])
+        .arg(queries)
+        .args([
+            "-l",
+            &seconds.to_string(),
+            "-c",
+            "8",
+            "-q",
+            "500",
+            "-T",
+            "1",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let value = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Some(Run {
+        qps: value("Queries per second:")?,
+        latency_s: value("Average Latency (s):")?,
+    })
 }

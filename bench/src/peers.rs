@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, pipeline_parallel};
+use crate::dns::dnsperf;
 use crate::scale::{dataset, QueryFiles, BASE_INSTANCES, BASE_SERVICES};
 use crate::server::{cpu_seconds, Server};
 use crate::{option, Table};
@@ -192,47 +193,6 @@ fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
     sorted.get(sorted.len() / 2).copied()
-}
-
-/// What one dnsperf run reported.
-struct Run {
-    qps: f64,
-    latency_s: f64,
-}
-
-fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64) -> Option<Run> {
-    let output = Command::new("dnsperf")
-        .args([
-            "-s",
-            &server.ip().to_string(),
-            "-p",
-            &server.port().to_string(),
-            "-d",
-        ])
-        .arg(queries)
-        .args([
-            "-l",
-            &seconds.to_string(),
-            "-c",
-            "8",
-            "-q",
-            "500",
-            "-T",
-            "1",
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let value = |prefix: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    };
-    Some(Run {
-        qps: value("Queries per second:")?,
-        latency_s: value("Average Latency (s):")?,
-    })
 }
 
 /// How the churning client sends its changes.

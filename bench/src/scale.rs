@@ -2,7 +2,7 @@
 //! and the cost of one change in a registry of 10k services / a 10k-instance service.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,8 @@ pub fn run(args: &[String]) {
         .filter_map(|s| s.parse().ok())
         .collect();
     let queries = QueryFiles::write();
-    let dnsperf = Command::new("dnsperf").arg("-h").output().is_ok();
-    if !dnsperf {
+    let has_dnsperf = Command::new("dnsperf").arg("-h").output().is_ok();
+    if !has_dnsperf {
         eprintln!("dnsperf is not installed (apt-get install dnsperf): qps columns are left empty");
     }
     // Every size is loaded first and kept running; dnsperf then visits them in turn,
@@ -53,8 +53,8 @@ pub fn run(args: &[String]) {
         for (kind, file) in files.iter().enumerate() {
             for size in &mut loaded {
                 let cpu_before = size.server.cpu_seconds();
-                if let Some(qps) = dnsperf
-                    .then(|| run_dnsperf(&size.server, file, seconds))
+                if let Some(qps) = has_dnsperf
+                    .then(|| crate::dns::dnsperf(size.server.dns, file, seconds).map(|run| run.qps))
                     .flatten()
                 {
                     size.qps[kind].push(qps);
@@ -285,33 +285,4 @@ impl Drop for QueryFiles {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Queries per second dnsperf reaches against the server, or `None` when it fails.
-pub fn run_dnsperf(server: &Server, queries: &Path, seconds: u64) -> Option<f64> {
-    let output = Command::new("dnsperf")
-        .args([
-            "-s",
-            "127.0.0.1",
-            "-p",
-            &server.dns.port().to_string(),
-            "-d",
-        ])
-        .arg(queries)
-        .args([
-            "-l",
-            &seconds.to_string(),
-            "-c",
-            "8",
-            "-q",
-            "500",
-            "-T",
-            "1",
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Queries per second:"))
-        .and_then(|v| v.trim().parse().ok())
 }
