@@ -80,6 +80,24 @@ impl KeyArgs {
     }
 }
 
+/// Whether an instance takes traffic, as `svcdns mark` sets it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum HealthArg {
+    /// Back in the answers
+    Healthy,
+    /// Out of every answer, still registered and listed
+    Critical,
+}
+
+#[derive(Args)]
+pub struct MarkArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// critical: leave every DNS answer at once (still registered); healthy: come back
+    #[arg(value_enum)]
+    health: HealthArg,
+}
+
 impl RegisterArgs {
     fn request(&self) -> Result<Value> {
         let mut meta = Map::new();
@@ -224,6 +242,28 @@ pub async fn renew(args: KeyArgs) -> Result<()> {
     Ok(())
 }
 
+pub async fn mark(args: MarkArgs) -> Result<()> {
+    let key = &args.key;
+    let health = match args.health {
+        HealthArg::Healthy => "healthy",
+        HealthArg::Critical => "critical",
+    };
+    let mut request = key.request("mark");
+    if let Value::Object(map) = &mut request {
+        map.insert("health".into(), json!(health));
+    }
+    let mut connection = Connection::open(&key.connect.endpoint()).await?;
+    connection.request(&request).await?;
+    match args.health {
+        HealthArg::Critical => println!(
+            "{}.{} is critical: it is in no DNS answer until marked healthy",
+            key.id, key.service
+        ),
+        HealthArg::Healthy => println!("{}.{} is healthy: back in the answers", key.id, key.service),
+    }
+    Ok(())
+}
+
 pub async fn list(endpoint: &Endpoint, service: Option<String>, as_json: bool) -> Result<()> {
     let mut connection = Connection::open(endpoint).await?;
     let reply = connection
@@ -233,7 +273,7 @@ pub async fn list(endpoint: &Endpoint, service: Option<String>, as_json: bool) -
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(());
     }
-    let rows: Vec<[String; 7]> = reply["instances"]
+    let rows: Vec<[String; 8]> = reply["instances"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -262,6 +302,7 @@ pub async fn list(endpoint: &Endpoint, service: Option<String>, as_json: bool) -
                 joined("addresses"),
                 format!("{}/{}", i["port"], i["proto"].as_str().unwrap_or("")),
                 joined("tags"),
+                i["health"].as_str().unwrap_or("").to_string(),
                 lease,
                 i["zone"].as_str().unwrap_or("").to_string(),
             ]
@@ -273,11 +314,12 @@ pub async fn list(endpoint: &Endpoint, service: Option<String>, as_json: bool) -
         "ADDRESSES",
         "PORT",
         "TAGS",
+        "HEALTH",
         "LEASE",
         "ZONE",
     ]
     .map(String::from);
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for row in std::iter::once(&header).chain(&rows) {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());

@@ -35,6 +35,8 @@ enum Command {
     Deregister(cli::KeyArgs),
     /// Extend the lease of a service instance
     Renew(cli::KeyArgs),
+    /// Take an instance out of every DNS answer (critical) or put it back (healthy)
+    Mark(cli::MarkArgs),
     /// List registered instances
     List {
         /// Only instances of this service
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
             Command::Register(args) => cli::register(args).await,
             Command::Deregister(args) => cli::deregister(args).await,
             Command::Renew(args) => cli::renew(args).await,
+            Command::Mark(args) => cli::mark(args).await,
             Command::List {
                 service,
                 json,

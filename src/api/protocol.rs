@@ -5,9 +5,9 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::registry::spec::{key_from_json, registration_from_json};
+use crate::registry::spec::{key_from_json, mark_from_json, registration_from_json};
 use crate::registry::{
-    listing, ConnectionId, InstanceJson, InstanceKey, Label, LabelKind, Pending, Registry,
+    listing, ConnectionId, Health, InstanceJson, InstanceKey, Label, LabelKind, Pending, Registry,
     RegistryError, View,
 };
 
@@ -32,6 +32,8 @@ pub enum PendingReply {
 pub enum Ack {
     Lease(Pending<Option<u32>>),
     Done(Pending<()>),
+    /// A `mark`: the reply repeats the health the instance now has.
+    Marked(Pending<()>, Health),
 }
 
 /// A protocol-level refusal (the request never reached the registry).
@@ -129,6 +131,14 @@ pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -
                 ack,
             }
         }),
+        "mark" => mark_from_json(&object, default_zone, &["op"]).map(|(key, health)| {
+            let ack = Ack::Marked(registry.mark(&key, health), health);
+            PendingReply::Change {
+                op: "mark",
+                key,
+                ack,
+            }
+        }),
         "list" => {
             return match service_filter(&object) {
                 Ok(filter) => PendingReply::List(filter),
@@ -147,7 +157,7 @@ pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -
                 ProtocolError {
                     code: "unknown_op",
                     message: format!(
-                        "op {op:?} is not one of register, renew, deregister, list, watch"
+                        "op {op:?} is not one of register, renew, deregister, mark, list, watch"
                     ),
                 },
             ))
@@ -161,9 +171,14 @@ pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -
 
 /// The reply to a change once the registry has acknowledged (or refused) it.
 pub async fn change_reply(op: &'static str, key: InstanceKey, ack: Ack) -> Value {
+    let mut health = None;
     let result = match ack {
         Ack::Lease(pending) => pending.await,
         Ack::Done(pending) => pending.await.map(|()| None),
+        Ack::Marked(pending, marked) => {
+            health = Some(marked);
+            pending.await.map(|()| None)
+        }
     };
     match result {
         Ok(ttl) => {
@@ -175,6 +190,9 @@ pub async fn change_reply(op: &'static str, key: InstanceKey, ack: Ack) -> Value
             reply.insert("id".into(), json!(key.id));
             if let Some(ttl) = ttl {
                 reply.insert("ttl".into(), json!(ttl));
+            }
+            if let Some(health) = health {
+                reply.insert("health".into(), json!(health));
             }
             Value::Object(reply)
         }

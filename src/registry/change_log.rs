@@ -1,5 +1,5 @@
 //! The registry's changes in the log, at INFO: one line per instance registered,
-//! deregistered, expired or released, so an operator can follow what happened, but at
+//! deregistered, expired, released or marked, so an operator can follow what happened, but at
 //! most [`LINES_PER_WINDOW`] a second. A burst beyond that (a deployment, a mass
 //! expiry) is summed up in one line per second instead of flooding the log.
 
@@ -16,8 +16,8 @@ const WINDOW: Duration = Duration::from_secs(1);
 pub struct ChangeLog {
     window_start: Instant,
     lines: usize,
-    /// Changes left out of this window, by [`Reason`] (in declaration order).
-    left_out: [u64; 4],
+    /// Changes left out of this window, by [`Reason::index`].
+    left_out: [u64; Reason::ALL.len()],
 }
 
 impl ChangeLog {
@@ -25,7 +25,7 @@ impl ChangeLog {
         ChangeLog {
             window_start: now,
             lines: 0,
-            left_out: [0; 4],
+            left_out: [0; Reason::ALL.len()],
         }
     }
 
@@ -43,7 +43,7 @@ impl ChangeLog {
                     what_happened(event.reason)
                 );
             } else {
-                self.left_out[reason_index(event.reason)] += 1;
+                self.left_out[event.reason.index()] += 1;
             }
         }
     }
@@ -61,13 +61,15 @@ impl ChangeLog {
         if now < self.window_start + WINDOW {
             return;
         }
-        let [registered, deregistered, expired, released] = self.left_out;
-        if registered + deregistered + expired + released > 0 {
+        let [registered, deregistered, expired, released, critical, healthy] = self.left_out;
+        if self.left_out.iter().any(|&n| n > 0) {
             info!(
                 registered,
                 deregistered,
                 expired,
                 released,
+                marked_critical = critical,
+                marked_healthy = healthy,
                 "more changes in the last second than are logged one by one"
             );
         }
@@ -81,14 +83,7 @@ fn what_happened(reason: Reason) -> &'static str {
         Reason::Deregistered => "instance deregistered",
         Reason::Expired => "instance's lease expired",
         Reason::Disconnected => "ephemeral instance released: its connection closed",
-    }
-}
-
-fn reason_index(reason: Reason) -> usize {
-    match reason {
-        Reason::Registered => 0,
-        Reason::Deregistered => 1,
-        Reason::Expired => 2,
-        Reason::Disconnected => 3,
+        Reason::Critical => "instance marked critical: it leaves every answer",
+        Reason::Healthy => "instance marked healthy: it is back in the answers",
     }
 }

@@ -23,6 +23,8 @@ pub enum RegistryError {
     InvalidPort(u64),
     #[error("proto {0:?} is neither \"tcp\" nor \"udp\"")]
     InvalidProto(String),
+    #[error("health {0:?} is neither \"healthy\" nor \"critical\"")]
+    InvalidHealth(String),
     #[error("{field} {value} is out of range {min}-{max}")]
     InvalidTtl {
         field: &'static str,
@@ -97,6 +99,7 @@ impl RegistryError {
             RegistryError::InvalidAddress { .. } => "invalid_address",
             RegistryError::InvalidPort(_) => "invalid_port",
             RegistryError::InvalidProto(_) => "invalid_proto",
+            RegistryError::InvalidHealth(_) => "invalid_health",
             RegistryError::InvalidTtl { field, .. } => match *field {
                 "dns_ttl" => "invalid_dns_ttl",
                 _ => "invalid_ttl",

@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 pub use error::RegistryError;
-pub use model::{Instance, InstanceJson, Label, LabelKind, Meta, Proto, Registration};
+pub use model::{Health, Instance, InstanceJson, Label, LabelKind, Meta, Proto, Registration};
 pub use view::{Entry, InstanceRef, View, ZoneSettings, ZoneView};
 pub use watch::{Event, Reason, WatchItem, WatchStream};
 pub use writer::Subscription;
@@ -170,6 +170,15 @@ impl Registry {
         }
     }
 
+    /// Takes an instance out of every answer (critical) or puts it back (healthy); it
+    /// stays registered either way. Marking it as it already is changes nothing.
+    pub fn mark(&self, key: &InstanceKey, health: Health) -> Pending<()> {
+        match self.instance_ref(key) {
+            Ok(at) => self.submit(|reply| Command::Mark { at, health, reply }),
+            Err(e) => Pending::failed(e),
+        }
+    }
+
     /// Removes the ephemeral instances that `connection` registered and still owns (an
     /// instance re-registered since, by anyone, is no longer tied to the connection).
     pub fn release_connection(&self, connection: ConnectionId) {
@@ -267,25 +276,30 @@ impl<T> Future for Pending<T> {
 }
 
 /// The instances of a snapshot (of one service name, in any zone, when `service` is
-/// given), ordered by zone, service and id, as `list` and `watch` show them.
+/// given), healthy and critical, ordered by zone, service and id, as `list` and `watch`
+/// show them.
 pub fn listing<'a>(view: &'a View, service: Option<&str>) -> Vec<InstanceJson<'a>> {
     let now = Instant::now();
     let mut zones: Vec<&ZoneView> = view.zones().iter().collect();
     zones.sort_by(|a, b| a.origin().cmp(b.origin()));
     let mut rows = Vec::new();
     for zone in zones {
-        let mut services: Vec<(&Label, &view::Service)> = match service {
-            Some(name) => zone.service_named(name).into_iter().collect(),
-            None => zone.services().collect(),
+        let services: Vec<&str> = match service {
+            Some(name) => vec![name],
+            None => zone.service_names().into_iter().map(Label::as_str).collect(),
         };
-        services.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, found) in services {
-            rows.extend(found.all().members().iter().map(|entry| InstanceJson {
-                zone: zone.origin(),
-                service: name,
-                instance: &entry.instance,
-                expires_in: entry.lease.expires_in(view.epoch(), now),
-            }));
+        for name in services {
+            rows.extend(
+                zone.instances_of(name)
+                    .into_iter()
+                    .map(|(service, entry, health)| InstanceJson {
+                        zone: zone.origin(),
+                        service,
+                        instance: &entry.instance,
+                        health,
+                        expires_in: entry.lease.expires_in(view.epoch(), now),
+                    }),
+            );
         }
     }
     rows

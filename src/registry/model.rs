@@ -118,6 +118,27 @@ impl LabelKind {
     }
 }
 
+/// Whether an instance takes traffic. A critical instance stays registered (listed,
+/// leased, renewable) but is left out of every DNS answer until it is marked healthy
+/// again: the way a service drains itself or a health checker takes it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    #[default]
+    Healthy,
+    Critical,
+}
+
+impl Health {
+    pub fn parse(text: &str) -> Result<Health, RegistryError> {
+        match text {
+            "healthy" => Ok(Health::Healthy),
+            "critical" => Ok(Health::Critical),
+            _ => Err(RegistryError::InvalidHealth(text.to_string())),
+        }
+    }
+}
+
 /// Transport protocol of a service: the `_P` label of its SRV name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -360,6 +381,7 @@ pub struct InstanceJson<'a> {
     pub zone: &'a str,
     pub service: &'a Label,
     pub instance: &'a Instance,
+    pub health: Health,
     /// Seconds until the lease expires, for leased instances in listings.
     pub expires_in: Option<f64>,
 }
@@ -383,6 +405,7 @@ impl Serialize for InstanceJson<'_> {
         }
         map.serialize_entry("ttl", &instance.ttl)?;
         map.serialize_entry("ephemeral", &instance.ephemeral)?;
+        map.serialize_entry("health", &self.health)?;
         if let Some(expires_in) = self.expires_in {
             map.serialize_entry("expires_in", &expires_in)?;
         }

@@ -11,6 +11,7 @@ use hickory_proto::rr::Name;
 use serde_json::{Map, Value};
 
 use super::model::{
+    Health,
     Instance, Label, LabelKind, Meta, Proto, Registration, MAX_DNS_TTL, MAX_LEASE_SECS,
 };
 use super::{InstanceKey, RegistryError};
@@ -139,6 +140,23 @@ pub fn key_from_json(
         service: fields.label("service", LabelKind::Service)?,
         id: fields.label("id", LabelKind::Id)?,
     })
+}
+
+/// The instance and health of a `mark` request: `{"service","id","health"}` (and
+/// `zone`). `health` is required: a mark that defaulted would be a guess.
+pub fn mark_from_json(
+    object: &Map<String, Value>,
+    default_zone: &str,
+    extra: &[&str],
+) -> Result<(InstanceKey, Health), RegistryError> {
+    let mut allowed = extra.to_vec();
+    allowed.push("health");
+    let key = key_from_json(object, default_zone, &allowed)?;
+    let fields = Fields(object);
+    let health = fields
+        .string("health", "invalid_health")?
+        .ok_or(RegistryError::MissingField("health"))?;
+    Ok((key, Health::parse(health)?))
 }
 
 /// Canonical form of a zone name: lowercase, fully qualified (`svc.internal.`).

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::leases::LeaseSlot;
-use super::model::{Instance, Label, Proto};
+use super::model::{Health, Instance, Label, Proto};
 use super::{ConnectionId, RegistryError};
 
 /// One registered instance as readers see it.
@@ -346,6 +346,13 @@ pub struct ZoneView {
     proto_services: [u32; 2],
     /// Services having each tag: whether `_T.Z` exists.
     tag_services: imbl::HashMap<Label, u32>,
+    /// Critical instances, by service and id. They are in no group, so in no answer,
+    /// and a service whose instances are all critical has no names at all; they still
+    /// hold their ids and tags, so that marking one healthy again can never conflict.
+    critical: imbl::HashMap<Label, Arc<BTreeMap<Label, Arc<Entry>>>>,
+    /// Instances in the groups (healthy ones), for gauges.
+    healthy_count: usize,
+    critical_count: usize,
 }
 
 impl ZoneView {
@@ -357,6 +364,9 @@ impl ZoneView {
             service_types: imbl::OrdSet::new(),
             proto_services: [0; 2],
             tag_services: imbl::HashMap::new(),
+            critical: imbl::HashMap::new(),
+            healthy_count: 0,
+            critical_count: 0,
         }
     }
 
@@ -402,11 +412,78 @@ impl ZoneView {
         self.tag_services.contains_key(tag)
     }
 
+    /// Healthy and critical instances of the zone.
+    pub fn instance_counts(&self) -> (usize, usize) {
+        (self.healthy_count, self.critical_count)
+    }
+
+    /// A registered instance, healthy or critical.
+    pub fn instance(&self, service: &str, id: &str) -> Option<(&Arc<Entry>, Health)> {
+        if let Some(entry) = self.service(service).and_then(|s| s.instance(id)) {
+            return Some((entry, Health::Healthy));
+        }
+        let entry = self.critical.get(service)?.get(id)?;
+        Some((entry, Health::Critical))
+    }
+
+    /// The names of every service with instances, healthy or critical, sorted.
+    pub fn service_names(&self) -> Vec<&Label> {
+        let mut names: Vec<&Label> = self.services.keys().collect();
+        names.extend(
+            self.critical
+                .keys()
+                .filter(|name| !self.services.contains_key(name.as_str())),
+        );
+        names.sort();
+        names
+    }
+
+    /// Every instance of a service, healthy or critical, sorted by id.
+    pub fn instances_of(&self, service: &str) -> Vec<(&Label, &Arc<Entry>, Health)> {
+        let mut found: Vec<(&Label, &Arc<Entry>, Health)> = Vec::new();
+        if let Some((name, record)) = self.service_named(service) {
+            found.extend(
+                record
+                    .all()
+                    .members()
+                    .iter()
+                    .map(|entry| (name, entry, Health::Healthy)),
+            );
+        }
+        if let Some((name, critical)) = self.critical.get_key_value(service) {
+            found.extend(
+                critical
+                    .values()
+                    .map(|entry| (name, entry, Health::Critical)),
+            );
+        }
+        found.sort_by(|a, b| a.1.id().cmp(b.1.id()));
+        found
+    }
+
     /// An instance id and a tag of one service share the label space `X.S.Z`: refuses
     /// an instance that would make a label both. Its own id and tags were checked by
     /// [`Instance::validate`]; an instance it replaces cannot be in the way, since it
     /// has the same id and never had that id as a tag.
     pub fn check_labels(&self, service: &Label, instance: &Instance) -> Result<(), RegistryError> {
+        if let Some(critical) = self.critical.get(service.as_str()) {
+            for other in critical.values().filter(|e| e.id() != &instance.id) {
+                if other.instance.has_tag(instance.id.as_str()) {
+                    return Err(RegistryError::LabelConflict {
+                        service: service.to_string(),
+                        label: instance.id.to_string(),
+                        detail: "another instance of the service (marked critical) has it as a tag",
+                    });
+                }
+                if instance.has_tag(other.id().as_str()) {
+                    return Err(RegistryError::LabelConflict {
+                        service: service.to_string(),
+                        label: other.id().to_string(),
+                        detail: "it is the id of another instance of the service (marked critical)",
+                    });
+                }
+            }
+        }
         let Some(existing) = self.service(service.as_str()) else {
             return Ok(());
         };
@@ -431,9 +508,54 @@ impl ZoneView {
         Ok(())
     }
 
-    /// Adds or replaces an instance; returns the one it replaced.
+    /// Adds or replaces an instance, healthy; returns the one it replaced.
     fn insert(&mut self, service: &Label, entry: Arc<Entry>) -> Option<Arc<Entry>> {
         let previous = self.remove(service, entry.id().as_str());
+        self.insert_healthy(service, entry);
+        previous
+    }
+
+    /// Removes an instance, healthy or critical; returns it.
+    fn remove(&mut self, service: &Label, id: &str) -> Option<Arc<Entry>> {
+        self.remove_healthy(service, id)
+            .or_else(|| self.remove_critical(service, id))
+    }
+
+    /// Moves an instance out of the answers or back into them. None when it is not
+    /// registered; otherwise the instance and whether its health changed.
+    fn mark(&mut self, service: &Label, id: &str, health: Health) -> Option<(Arc<Entry>, bool)> {
+        let (entry, current) = self.instance(service.as_str(), id)?;
+        let entry = entry.clone();
+        if current == health {
+            return Some((entry, false));
+        }
+        match health {
+            Health::Critical => {
+                self.remove_healthy(service, id);
+                let critical = self.critical.entry(service.clone()).or_default();
+                Arc::make_mut(critical).insert(entry.id().clone(), entry.clone());
+                self.critical_count += 1;
+            }
+            Health::Healthy => {
+                self.remove_critical(service, id);
+                self.insert_healthy(service, entry.clone());
+            }
+        }
+        Some((entry, true))
+    }
+
+    fn remove_critical(&mut self, service: &Label, id: &str) -> Option<Arc<Entry>> {
+        let critical = Arc::make_mut(self.critical.get_mut(service.as_str())?);
+        let entry = critical.remove(id)?;
+        if critical.is_empty() {
+            self.critical.remove(service.as_str());
+        }
+        self.critical_count -= 1;
+        Some(entry)
+    }
+
+    /// Adds an instance whose id is not registered to the answers.
+    fn insert_healthy(&mut self, service: &Label, entry: Arc<Entry>) {
         let record = self
             .services
             .entry(service.clone())
@@ -446,11 +568,11 @@ impl ZoneView {
         for tag in new_tags {
             *self.tag_services.entry(tag).or_insert(0) += 1;
         }
-        previous
+        self.healthy_count += 1;
     }
 
-    /// Removes an instance; returns it.
-    fn remove(&mut self, service: &Label, id: &str) -> Option<Arc<Entry>> {
+    /// Removes a healthy instance from the answers; returns it.
+    fn remove_healthy(&mut self, service: &Label, id: &str) -> Option<Arc<Entry>> {
         let record = Arc::make_mut(self.services.get_mut(service.as_str())?);
         let used_before = Proto::ALL.map(|proto| record.uses(proto));
         let (entry, gone_tags) = record.remove(id)?;
@@ -467,6 +589,7 @@ impl ZoneView {
                 }
             }
         }
+        self.healthy_count -= 1;
         Some(entry)
     }
 
@@ -522,10 +645,12 @@ impl View {
         self.epoch
     }
 
+    /// A registered instance, healthy or critical.
     pub fn entry(&self, at: &InstanceRef) -> Option<&Arc<Entry>> {
-        self.zone(at.zone)?
-            .service(at.service.as_str())?
-            .instance(at.id.as_str())
+        let (entry, _) = self
+            .zone(at.zone)?
+            .instance(at.service.as_str(), at.id.as_str())?;
+        Some(entry)
     }
 
     /// Adds or replaces an instance in zone `zone` (an index from [`View::zone_index`]);
@@ -543,6 +668,14 @@ impl View {
         self.zones
             .get_mut(at.zone)?
             .remove(&at.service, at.id.as_str())
+    }
+
+    /// Marks an instance healthy or critical: None when it is not registered, otherwise
+    /// the instance and whether its health changed.
+    pub fn mark(&mut self, at: &InstanceRef, health: Health) -> Option<(Arc<Entry>, bool)> {
+        self.zones
+            .get_mut(at.zone)?
+            .mark(&at.service, at.id.as_str(), health)
     }
 
     /// Marks a zone as changed by the current batch.
@@ -736,6 +869,11 @@ mod tests {
             service: u8,
             id: u8,
         },
+        Mark {
+            service: u8,
+            id: u8,
+            critical: bool,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -746,6 +884,8 @@ mod tests {
                     service, id, address, v6, udp, tags, dns_ttl,
                 }),
             2 => (0..4u8, 0..6u8).prop_map(|(service, id)| Op::Remove { service, id }),
+            2 => (0..4u8, 0..6u8, any::<bool>())
+                .prop_map(|(service, id, critical)| Op::Mark { service, id, critical }),
         ]
     }
 
@@ -761,7 +901,9 @@ mod tests {
             let mut view = View::new(vec![settings], Instant::now());
             // Published snapshots must never change under later writes.
             let mut snapshots: Vec<(Arc<View>, ZoneDigest)> = Vec::new();
+            // Healthy instances, and critical ones (in no answer, still registered).
             let mut model: BTreeMap<(String, String), Arc<Entry>> = BTreeMap::new();
+            let mut critical: BTreeMap<(String, String), Arc<Entry>> = BTreeMap::new();
             for (step, op) in ops.into_iter().enumerate() {
                 match op {
                     Op::Register { service, id, address, v6, udp, tags, dns_ttl } => {
@@ -788,17 +930,47 @@ mod tests {
                             continue;
                         }
                         let entry = Arc::new(Entry::new(instance, 5, None));
-                        model.insert((service_label.to_string(), entry.id().to_string()), entry.clone());
+                        let key = (service_label.to_string(), entry.id().to_string());
+                        critical.remove(&key);
+                        model.insert(key, entry.clone());
                         view.insert(0, &service_label, entry);
                     }
                     Op::Remove { service, id } => {
                         let at = InstanceRef { zone: 0, service: label(format!("s{service}")), id: label(format!("i{id}")) };
                         let removed = view.remove(&at);
-                        let expected = model.remove(&(at.service.to_string(), at.id.to_string()));
+                        let key = (at.service.to_string(), at.id.to_string());
+                        let expected = model.remove(&key).or_else(|| critical.remove(&key));
                         prop_assert_eq!(removed.is_some(), expected.is_some());
+                    }
+                    Op::Mark { service, id, critical: to_critical } => {
+                        let at = InstanceRef { zone: 0, service: label(format!("s{service}")), id: label(format!("i{id}")) };
+                        let key = (at.service.to_string(), at.id.to_string());
+                        let health = if to_critical { Health::Critical } else { Health::Healthy };
+                        let marked = view.mark(&at, health);
+                        let (from, to) = if to_critical { (&mut model, &mut critical) } else { (&mut critical, &mut model) };
+                        match from.remove(&key) {
+                            Some(entry) => {
+                                to.insert(key, entry);
+                                prop_assert_eq!(marked.map(|(_, changed)| changed), Some(true));
+                            }
+                            None if to.contains_key(&key) => {
+                                prop_assert_eq!(marked.map(|(_, changed)| changed), Some(false));
+                            }
+                            None => prop_assert!(marked.is_none(), "marked a missing instance"),
+                        }
                     }
                 }
                 prop_assert_eq!(digest(&view.zones[0]), rebuild(&model), "after step {}", step);
+                prop_assert_eq!(view.zones[0].instance_counts(), (model.len(), critical.len()));
+                let listed: Vec<(String, String, Health)> = view.zones[0].service_names().into_iter()
+                    .flat_map(|name| view.zones[0].instances_of(name.as_str()))
+                    .map(|(service, entry, health)| (service.to_string(), entry.id().to_string(), health))
+                    .collect();
+                let mut expected: Vec<(String, String, Health)> = model.keys().map(|(s, i)| (s.clone(), i.clone(), Health::Healthy))
+                    .chain(critical.keys().map(|(s, i)| (s.clone(), i.clone(), Health::Critical)))
+                    .collect();
+                expected.sort();
+                prop_assert_eq!(listed, expected);
                 if step % 7 == 0 {
                     snapshots.push((Arc::new(view.clone()), rebuild(&model)));
                 }

@@ -14,7 +14,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::model::{InstanceJson, Label};
+use super::model::{Health, InstanceJson, Label};
 use super::view::Entry;
 
 /// Events a watcher may have queued before it is cut off.
@@ -32,6 +32,38 @@ pub enum Reason {
     Expired,
     /// It was ephemeral and its connection closed.
     Disconnected,
+    /// A `mark` request took it out of every answer; it stays registered.
+    Critical,
+    /// A `mark` request put it back into the answers.
+    Healthy,
+}
+
+impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 6] = [
+        Reason::Registered,
+        Reason::Deregistered,
+        Reason::Expired,
+        Reason::Disconnected,
+        Reason::Critical,
+        Reason::Healthy,
+    ];
+
+    /// Position in [`Reason::ALL`], for tables counted by reason.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Registered => "registered",
+            Reason::Deregistered => "deregistered",
+            Reason::Expired => "expired",
+            Reason::Disconnected => "disconnected",
+            Reason::Critical => "critical",
+            Reason::Healthy => "healthy",
+        }
+    }
 }
 
 /// One change to the registry.
@@ -41,17 +73,18 @@ pub struct Event {
     pub zone: Arc<str>,
     pub service: Label,
     pub id: Label,
-    /// The new registration, for `register` events.
+    /// The instance as it now is, for `register` and `health` events.
     pub entry: Option<Arc<Entry>>,
 }
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        let kind = if self.entry.is_some() {
-            "register"
-        } else {
-            "deregister"
+        let (kind, health) = match self.reason {
+            Reason::Critical => ("health", Health::Critical),
+            Reason::Healthy => ("health", Health::Healthy),
+            _ if self.entry.is_some() => ("register", Health::Healthy),
+            _ => ("deregister", Health::Healthy),
         };
         map.serialize_entry("event", kind)?;
         map.serialize_entry("reason", &self.reason)?;
@@ -63,6 +96,7 @@ impl Serialize for Event {
                 zone: &self.zone,
                 service: &self.service,
                 instance: &entry.instance,
+                health,
                 expires_in: None,
             };
             map.serialize_entry("instance", &instance)?;

@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use super::change_log::ChangeLog;
 use super::leases::Leases;
-use super::model::{Label, Registration};
+use super::model::{Health, Label, Registration};
 use super::view::{Entry, InstanceRef, View};
 use super::watch::{Event, Reason, WatchStream, Watchers};
 use super::{ConnectionId, RegistryError};
@@ -43,6 +43,12 @@ pub enum Command {
     },
     Deregister {
         at: InstanceRef,
+        reply: Reply<()>,
+    },
+    /// Takes an instance out of the answers, or puts it back.
+    Mark {
+        at: InstanceRef,
+        health: Health,
         reply: Reply<()>,
     },
     /// The connection closed: its ephemeral instances go.
@@ -204,6 +210,28 @@ impl Writer {
                 };
                 outcome.acks.push(Ack::Unit(reply, result));
             }
+            Command::Mark { at, health, reply } => {
+                let result = match self.view.mark(&at, health) {
+                    Some((entry, changed)) => {
+                        if changed {
+                            outcome.changed(at.zone);
+                            outcome.events.push(Event {
+                                reason: match health {
+                                    Health::Critical => Reason::Critical,
+                                    Health::Healthy => Reason::Healthy,
+                                },
+                                zone: self.zone_origin(at.zone),
+                                service: at.service,
+                                id: at.id,
+                                entry: Some(entry),
+                            });
+                        }
+                        Ok(())
+                    }
+                    None => Err(not_found(&at)),
+                };
+                outcome.acks.push(Ack::Unit(reply, result));
+            }
             Command::Release { connection } => {
                 let owned = self.ephemeral.remove(&connection).unwrap_or_default();
                 let mut released = 0;
@@ -286,19 +314,21 @@ impl Writer {
         };
         self.leases.end(&entry.lease);
         outcome.changed(at.zone);
-        let zone = self
-            .view
-            .zone(at.zone)
-            .map(|zone| zone.origin().clone())
-            .unwrap_or_else(|| Arc::from(""));
         outcome.events.push(Event {
             reason,
-            zone,
+            zone: self.zone_origin(at.zone),
             service: at.service.clone(),
             id: at.id.clone(),
             entry: None,
         });
         true
+    }
+
+    fn zone_origin(&self, zone: usize) -> Arc<str> {
+        self.view
+            .zone(zone)
+            .map(|zone| zone.origin().clone())
+            .unwrap_or_else(|| Arc::from(""))
     }
 
     /// Publishes the writer's view if the batch changed it, and frees the snapshots
