@@ -259,7 +259,9 @@ pub async fn mark(args: MarkArgs) -> Result<()> {
             "{}.{} is critical: it is in no DNS answer until marked healthy",
             key.id, key.service
         ),
-        HealthArg::Healthy => println!("{}.{} is healthy: back in the answers", key.id, key.service),
+        HealthArg::Healthy => {
+            println!("{}.{} is healthy: back in the answers", key.id, key.service)
+        }
     }
     Ok(())
 }

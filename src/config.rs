@@ -130,6 +130,7 @@ impl Default for ForwardConfig {
     }
 }
 
+/// The operations endpoint: `/metrics`, `/health`, `/ready`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -236,7 +237,6 @@ impl Config {
                 "registration.tokens_file",
             ),
             (self.data_dir.is_some(), "data_dir"),
-            (self.http.is_some(), "http"),
         ];
         if let Some((_, key)) = unsupported.iter().find(|(set, _)| *set) {
             return Err(format!(

@@ -7,6 +7,8 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod dns;
+pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod serve;
 pub mod stop;

@@ -17,6 +17,8 @@ use crate::dns::front::{Fallback, Responder};
 use crate::dns::server::{DnsServer, DnsSettings};
 use crate::dns::tcp::TcpSettings;
 use crate::dns::{self, zone_file, Sampling, ZoneSpec, Zones};
+use crate::http::{HttpServer, Readiness};
+use crate::metrics::Exporter;
 use crate::registry::Registry;
 use crate::stop::StopSignals;
 
@@ -33,6 +35,19 @@ pub async fn run(config: Config) -> Result<()> {
     let zones = Arc::new(Zones::new(&specs));
     let registry = Registry::start(zones.settings(), &config.default_zone(), zones.clone())
         .context("starting the registry's writer thread")?;
+    // Up first, so that probes get "starting" rather than no answer while we load.
+    let readiness = Readiness::default();
+    let http = match &config.http {
+        Some(http) => Some(
+            HttpServer::start(
+                http.listen,
+                Exporter::new(registry.clone()),
+                readiness.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     // Static services are queued together, then each acknowledgement is checked.
     let static_services: Vec<_> = specs
         .iter()
@@ -109,16 +124,24 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(address) = &registration.tcp_addr {
         ready.push_str(&format!(" tcp={address}"));
     }
+    if let Some(http) = &http {
+        ready.push_str(&format!(" http={}", http.local_addr));
+    }
     println!("{ready}");
+    readiness.set_ready();
 
     stop.wait().await;
     info!("shutting down");
+    readiness.set_stopping();
     registration.shutdown().await;
     let writer = registry.clone();
     tokio::task::spawn_blocking(move || writer.shutdown())
         .await
         .context("stopping the registry's writer")?;
     dns.shutdown().await?;
+    if let Some(http) = http {
+        http.shutdown();
+    }
     Ok(())
 }
 

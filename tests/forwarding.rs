@@ -36,18 +36,8 @@ fn closed_port() -> SocketAddr {
     socket.local_addr().unwrap()
 }
 
-/// A query with RD set (as stub resolvers send) and EDNS.
 fn ask(server: &Svcdns, name: &str, record_type: RecordType) -> Message {
-    let mut packet = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
-    for label in name.trim_end_matches('.').split('.') {
-        packet.push(label.len() as u8);
-        packet.extend_from_slice(label.as_bytes());
-    }
-    packet.push(0);
-    packet.extend_from_slice(&u16::from(record_type).to_be_bytes());
-    packet.extend_from_slice(&[0, 1, 0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
-    let reply = udp_exchange(server.dns, &packet, WAIT).expect("a response");
-    Message::from_vec(&reply).expect("a response that parses")
+    server.query_recursive(name, record_type)
 }
 
 #[test]

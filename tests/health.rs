@@ -107,7 +107,9 @@ fn a_critical_instance_leaves_every_answer_and_stays_registered() {
         .connect()
         .send(&json!({"op": "renew", "service": "web", "id": "web-1"}));
     assert_eq!(renewed["ttl"], 60, "{renewed}");
-    let conflict = server.connect().send(&json!({"op": "register", "service": "web",
+    let conflict = server
+        .connect()
+        .send(&json!({"op": "register", "service": "web",
         "id": "web-3", "addresses": ["10.0.0.3"], "port": 1, "tags": ["web-1"]}));
     assert_eq!(conflict["error"]["code"], "label_conflict", "{conflict}");
 
@@ -223,7 +225,10 @@ fn watchers_see_health_changes() {
     mark(&server, "web-1", "healthy");
     let event = watcher.read();
     assert_eq!(
-        (event["reason"].as_str(), event["instance"]["health"].as_str()),
+        (
+            event["reason"].as_str(),
+            event["instance"]["health"].as_str()
+        ),
         (Some("healthy"), Some("healthy")),
         "{event}"
     );
@@ -264,8 +269,14 @@ fn svcdns_mark_takes_an_instance_out_and_back() {
 
     let (ok, _, stderr) = run(&["mark", "web", "web-9", "critical"]);
     assert!(!ok);
-    assert!(stderr.contains("not_found") || stderr.contains("not registered"), "{stderr}");
+    assert!(
+        stderr.contains("not_found") || stderr.contains("not registered"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = run(&["mark", "web", "web-1", "sick"]);
     assert!(!ok);
-    assert!(stderr.contains("healthy") && stderr.contains("critical"), "{stderr}");
+    assert!(
+        stderr.contains("healthy") && stderr.contains("critical"),
+        "{stderr}"
+    );
 }

@@ -94,7 +94,8 @@ fn bad_configuration_is_refused() {
             "forward:\n  timeout: 0\n",
             "forward.timeout 0 must be 1-60 seconds",
         ),
-        ("http:\n  listen: 127.0.0.1:9000\n", "http is not supported"),
+        ("http:\n  listen: localhost\n", "invalid socket address"),
+        ("data_dir: /var/lib/svcdns\n", "data_dir is not supported"),
         ("default_zone: \"bad..zone\"\n", "default_zone"),
     ] {
         let error = match Svcdns::try_start(&[], extra) {

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use crate::metrics;
 use crate::registry::spec::{key_from_json, mark_from_json, registration_from_json};
 use crate::registry::{
     listing, ConnectionId, Health, InstanceJson, InstanceKey, Label, LabelKind, Pending, Registry,
@@ -182,6 +183,7 @@ pub async fn change_reply(op: &'static str, key: InstanceKey, ack: Ack) -> Value
     };
     match result {
         Ok(ttl) => {
+            metrics::request_succeeded(op);
             let mut reply = Map::new();
             reply.insert("ok".into(), Value::Bool(true));
             reply.insert("op".into(), json!(op));
@@ -216,6 +218,7 @@ pub fn listing_line(op: &str, snapshot: &View, filter: Option<&Label>) -> Vec<u8
         op,
         instances: listing(snapshot, filter.map(Label::as_str)),
     };
+    metrics::request_succeeded(op);
     let mut line = serde_json::to_vec(&reply).unwrap_or_else(|e| {
         let failed = error_reply(
             Some(op),
@@ -264,7 +267,9 @@ fn service_filter(request: &Map<String, Value>) -> Result<Option<Label>, Protoco
     }
 }
 
+/// Every refusal goes through here, which is where it is counted.
 fn error_reply(op: Option<&str>, error: ProtocolError) -> Value {
+    metrics::request_failed(op, error.code);
     let mut reply = json!({
         "ok": false,
         "error": {"code": error.code, "message": error.message},

@@ -25,6 +25,7 @@ use hickory_server::zone_handler::{
 use tracing::warn;
 
 use crate::config::ConfigError;
+use crate::metrics;
 use crate::throttle::LogThrottle;
 
 /// At most one warning about failing upstreams per this many seconds.
@@ -198,11 +199,13 @@ impl ZoneHandler for Forwarder {
         request: &Request,
         lookup_options: LookupOptions,
     ) -> (LookupControlFlow<AuthLookup>, Option<TSigResponseContext>) {
+        metrics::forwarded();
         let (flow, signature) = self.inner.search(request, lookup_options).await;
         if let LookupControlFlow::Continue(Err(error)) | LookupControlFlow::Break(Err(error)) =
             &flow
         {
             if !error.is_nx_domain() && !error.is_no_records_found() {
+                metrics::forward_failed();
                 if let Ok(info) = request.request_info() {
                     self.failed(info.query.name(), info.query.query_type(), error);
                 }

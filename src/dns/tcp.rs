@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use super::front::{Fallback, Reply, Responder, Transport};
 use super::wire::Scratch;
+use crate::metrics;
 
 /// First pause after a failed accept; doubled on each failure in a row.
 const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
@@ -71,6 +72,7 @@ pub async fn serve(
         // Over the cap the connection is closed at once: the client learns right away
         // and can retry, instead of waiting in the kernel's backlog.
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::tcp_refused();
             if warnings.ready() {
                 warn!(%peer, max = settings.max_connections, "DNS-over-TCP connection refused: dns.tcp_max_connections reached");
             }
@@ -122,6 +124,7 @@ async fn connection(
         timeout(idle_timeout, reader.read_exact(&mut query))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query not received in time"))??;
+        let received_at = Instant::now();
 
         response.clear();
         let to_catalog = SCRATCH.with(|scratch| {
@@ -138,6 +141,9 @@ async fn connection(
             if let Some(bytes) = fallback.answer(query.clone(), peer, Transport::Tcp).await {
                 response = bytes;
             }
+        }
+        if !response.is_empty() {
+            metrics::answered(&response, Transport::Tcp, received_at.elapsed());
         }
         let flush = reader.buffer().is_empty();
         timeout(idle_timeout, send(&mut writer, &response, flush))

@@ -14,7 +14,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::runtime::Handle;
@@ -22,6 +22,7 @@ use tracing::{error, warn};
 
 use super::front::{Fallback, Reply, Responder, Transport};
 use super::wire::{Scratch, MAX_UDP_RESPONSE};
+use crate::metrics;
 
 /// Datagrams taken or sent per system call, at most.
 const BATCH: usize = 32;
@@ -126,6 +127,7 @@ fn serve(socket: Arc<UdpSocket>, shared: Shared, stop: Arc<AtomicBool>) {
                 continue;
             }
         };
+        let received_at = Instant::now();
         for index in 0..received {
             let Some((packet, source)) = incoming.query(index) else {
                 continue;
@@ -138,6 +140,7 @@ fn serve(socket: Arc<UdpSocket>, shared: Shared, stop: Arc<AtomicBool>) {
                     .respond(packet, Transport::Udp, &mut scratch)
                 {
                     Reply::Send(response) => {
+                        metrics::count_answer(response, Transport::Udp);
                         outgoing.queue(source, response);
                         false
                     }
@@ -149,12 +152,21 @@ fn serve(socket: Arc<UdpSocket>, shared: Shared, stop: Arc<AtomicBool>) {
                 Ok(false) => {}
                 Ok(true) => {
                     if let Some(source) = source.address() {
-                        hand_to_catalog(&shared, &socket, packet.to_vec(), source);
+                        hand_to_catalog(&shared, &socket, packet.to_vec(), source, received_at);
                     }
                 }
-                Err(_) => errors.report_panic(packet),
+                Err(_) => {
+                    metrics::dropped_panic();
+                    errors.report_panic(packet);
+                }
             }
         }
+        // The batch's answers leave together: each waited this long.
+        metrics::observe_latency(
+            Transport::Udp,
+            received_at.elapsed(),
+            outgoing.queued as u64,
+        );
         if let Err(e) = outgoing.send(&socket) {
             if !is_transient(&e) {
                 errors.report("sending DNS over UDP", &e);
@@ -164,16 +176,24 @@ fn serve(socket: Arc<UdpSocket>, shared: Shared, stop: Arc<AtomicBool>) {
 }
 
 /// Answers a query on the tokio runtime through the Catalog, and sends the response.
-fn hand_to_catalog(shared: &Shared, socket: &Arc<UdpSocket>, packet: Vec<u8>, source: SocketAddr) {
+fn hand_to_catalog(
+    shared: &Shared,
+    socket: &Arc<UdpSocket>,
+    packet: Vec<u8>,
+    source: SocketAddr,
+    received_at: Instant,
+) {
     let in_flight = shared.fallbacks_in_flight.clone();
     if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_FALLBACKS_IN_FLIGHT {
         in_flight.fetch_sub(1, Ordering::Relaxed);
+        metrics::dropped_catalog_busy();
         return;
     }
     let fallback = shared.fallback.clone();
     let socket = socket.clone();
     shared.runtime.spawn(async move {
         if let Some(response) = fallback.answer(packet, source, Transport::Udp).await {
+            metrics::answered(&response, Transport::Udp, received_at.elapsed());
             // The socket is blocking but UDP sends do not wait for the peer; a failed
             // send is a lost datagram, which clients retry.
             let _ = socket.send_to(&response, source);

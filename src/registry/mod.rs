@@ -286,7 +286,11 @@ pub fn listing<'a>(view: &'a View, service: Option<&str>) -> Vec<InstanceJson<'a
     for zone in zones {
         let services: Vec<&str> = match service {
             Some(name) => vec![name],
-            None => zone.service_names().into_iter().map(Label::as_str).collect(),
+            None => zone
+                .service_names()
+                .into_iter()
+                .map(Label::as_str)
+                .collect(),
         };
         for name in services {
             rows.extend(

@@ -11,8 +11,7 @@ use hickory_proto::rr::Name;
 use serde_json::{Map, Value};
 
 use super::model::{
-    Health,
-    Instance, Label, LabelKind, Meta, Proto, Registration, MAX_DNS_TTL, MAX_LEASE_SECS,
+    Health, Instance, Label, LabelKind, Meta, Proto, Registration, MAX_DNS_TTL, MAX_LEASE_SECS,
 };
 use super::{InstanceKey, RegistryError};
 

@@ -412,6 +412,16 @@ impl ZoneView {
         self.tag_services.contains_key(tag)
     }
 
+    /// Service names with instances, healthy or critical.
+    pub fn service_count(&self) -> usize {
+        let critical_only = self
+            .critical
+            .keys()
+            .filter(|name| !self.services.contains_key(name.as_str()))
+            .count();
+        self.services.len() + critical_only
+    }
+
     /// Healthy and critical instances of the zone.
     pub fn instance_counts(&self) -> (usize, usize) {
         (self.healthy_count, self.critical_count)

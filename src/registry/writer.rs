@@ -22,6 +22,7 @@ use super::model::{Health, Label, Registration};
 use super::view::{Entry, InstanceRef, View};
 use super::watch::{Event, Reason, WatchStream, Watchers};
 use super::{ConnectionId, RegistryError};
+use crate::metrics;
 
 /// Most requests applied as one batch, so a request waits for at most this many others.
 const MAX_BATCH: usize = 1024;
@@ -167,6 +168,9 @@ impl Writer {
                 Ack::Lease(reply, result) => drop(reply.send(result)),
                 Ack::Unit(reply, result) => drop(reply.send(result)),
             }
+        }
+        for event in &outcome.events {
+            metrics::registry_changed(event.reason);
         }
         self.watchers.dispatch(&outcome.events);
         self.change_log.record(&outcome.events, now);

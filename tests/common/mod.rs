@@ -32,6 +32,8 @@ pub struct Svcdns {
     pub dns: SocketAddr,
     pub registration_tcp: SocketAddr,
     pub socket: PathBuf,
+    /// The operations endpoint, when the configuration sets `http.listen`.
+    pub http: Option<SocketAddr>,
     stderr: Option<mpsc::Receiver<String>>,
 }
 
@@ -237,6 +239,10 @@ impl Svcdns {
             dns: field("dns").split(',').next().unwrap().parse().unwrap(),
             registration_tcp: field("tcp").parse().unwrap(),
             socket: dir.path().join(field("unix")),
+            http: ready
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("http="))
+                .map(|address| address.parse().expect("http address")),
             child: Some(child),
             dir,
             stderr: Some(err_rx),
@@ -263,6 +269,21 @@ impl Svcdns {
 
     pub fn query_over(&self, name: &str, rtype: RecordType, transport: Transport) -> Message {
         query(self.dns, name, rtype, transport)
+    }
+
+    /// A query with RD set (as stub resolvers send) and EDNS, over UDP: how a name
+    /// outside our zones is asked to be forwarded.
+    pub fn query_recursive(&self, name: &str, record_type: RecordType) -> Message {
+        let mut packet = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+        for label in name.trim_end_matches('.').split('.') {
+            packet.push(label.len() as u8);
+            packet.extend_from_slice(label.as_bytes());
+        }
+        packet.push(0);
+        packet.extend_from_slice(&u16::from(record_type).to_be_bytes());
+        packet.extend_from_slice(&[0, 1, 0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        let reply = udp_exchange(self.dns, &packet, WAIT).expect("a response");
+        Message::from_vec(&reply).expect("a response that parses")
     }
 
     pub fn pid(&self) -> u32 {
