@@ -29,6 +29,9 @@ pub enum ConfigError {
     },
     #[error("{}: {message}", path.display())]
     InFile { path: PathBuf, message: String },
+    /// A setting that checks out on its own but cannot be put to use.
+    #[error("{key}: {message}")]
+    Setting { key: &'static str, message: String },
 }
 
 impl ConfigError {
@@ -61,7 +64,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub dns: DnsConfig,
@@ -73,7 +76,7 @@ pub struct Config {
     pub http: Option<HttpConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// UDP and TCP on each address.
@@ -95,7 +98,7 @@ pub struct DnsConfig {
     pub fast_path: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     /// Unix socket path; `null` disables it.
@@ -108,7 +111,7 @@ pub struct RegistrationConfig {
 }
 
 /// Where names outside our zones are resolved.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
     /// Upstream resolvers, tried in turn; none (and no `from_resolv_conf`): names
@@ -131,7 +134,7 @@ impl Default for ForwardConfig {
 }
 
 /// The operations endpoint: `/metrics`, `/health`, `/ready`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod serve;
 pub mod stop;
 pub mod throttle;

@@ -89,11 +89,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => {
-                let config = match config {
-                    Some(path) => Config::load(&path)?,
+                let loaded = match &config {
+                    Some(path) => Config::load(path)?,
                     None => Config::default(),
                 };
-                svcdns::serve::run(config).await
+                svcdns::serve::run(loaded, config).await
             }
             Command::Register(args) => cli::register(args).await,
             Command::Deregister(args) => cli::deregister(args).await,

@@ -1,39 +1,44 @@
-//! `svcdns serve`: wires configuration, zones, registry, DNS and registration listeners
-//! together, and takes them down again on SIGTERM/SIGINT.
+//! `svcdns serve`: wires configuration, zones, registry, DNS, registration and HTTP
+//! listeners together; reloads zones and upstreams on SIGHUP, and takes everything
+//! down again on SIGTERM/SIGINT.
 
-use std::net::IpAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use hickory_proto::rr::Name;
-use tracing::{info, warn};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
 
 use crate::api::RegistrationServer;
 use crate::config::Config;
-use crate::dns::forward::{Forwarder, Upstreams};
 use crate::dns::front::{Fallback, Responder};
 use crate::dns::server::{DnsServer, DnsSettings};
 use crate::dns::tcp::TcpSettings;
-use crate::dns::{self, zone_file, Sampling, ZoneSpec, Zones};
+use crate::dns::{LiveZones, Sampling};
 use crate::http::{HttpServer, Readiness};
-use crate::metrics::Exporter;
+use crate::metrics::{self, Exporter};
 use crate::registry::Registry;
+use crate::reload::{answering, apply_static_services, Built, Reloader, StaticPlan};
 use crate::stop::StopSignals;
 
-pub async fn run(config: Config) -> Result<()> {
+/// Runs the server until SIGTERM or SIGINT; SIGHUP reloads the zones and the forward
+/// upstreams (re-reading `config_path`, when given).
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     // Installed first: a SIGTERM that arrives once we have said we are ready must take
-    // the graceful path, not the default action that kills the process outright.
+    // the graceful path, not the default action that kills the process outright. The
+    // same holds for SIGHUP, whose default action also ends the process.
     let mut stop = StopSignals::install()?;
-    let specs = zone_specs(&config)?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let built = Built::new(&config, None)?;
     // SOA serials start at the current time so that they only grow across restarts.
     let serial = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as u32)
         .unwrap_or(1);
-    let zones = Arc::new(Zones::new(&specs));
-    let registry = Registry::start(zones.settings(), &config.default_zone(), zones.clone())
+    let zone_settings = built.zones.settings().into_iter().flatten().collect();
+    let zones = Arc::new(LiveZones::new(built.zones));
+    let registry = Registry::start(zone_settings, &config.default_zone(), zones.clone())
         .context("starting the registry's writer thread")?;
     // Up first, so that probes get "starting" rather than no answer while we load.
     let readiness = Readiness::default();
@@ -48,48 +53,18 @@ pub async fn run(config: Config) -> Result<()> {
         ),
         None => None,
     };
-    // Static services are queued together, then each acknowledgement is checked.
-    let static_services: Vec<_> = specs
-        .iter()
-        .flat_map(|spec| spec.services.iter().map(move |r| (spec, r)))
-        .map(|(spec, r)| (spec, r, registry.register(r.clone(), None)))
-        .collect();
-    for (spec, registration, acknowledgement) in static_services {
-        acknowledgement.await.with_context(|| {
-            let source = spec.source.as_deref().unwrap_or(Path::new("built-in zone"));
-            format!(
-                "{}: static service {} instance {}",
-                source.display(),
-                registration.service,
-                registration.instance.id
-            )
-        })?;
-    }
+    apply_static_services(&registry, &StaticPlan::new(&[], &built.specs)).await?;
     let sampling = Sampling {
         max_answer_records: config.dns.max_answer_records,
     };
-    let served = zones.served(&registry.published(), serial, sampling);
-    let upstreams = Upstreams::new(
-        &config.forward.upstreams,
-        config.forward.from_resolv_conf.as_deref(),
-        Duration::from_secs(config.forward.timeout),
-        &config.dns.listen,
-    )?;
-    if !upstreams.ourselves.is_empty() {
-        warn!(
-            left_out = ?upstreams.ourselves,
-            "forward upstreams that are svcdns's own DNS address are left out: forwarding to ourselves would loop"
-        );
-    }
-    let forwarder = if upstreams.is_empty() {
-        None
-    } else {
-        let forwarder = Forwarder::new(&upstreams)
-            .map_err(|e| anyhow::anyhow!("setting up forwarding: {e}"))?;
-        info!(upstreams = ?upstreams.addresses, "names outside our zones are forwarded");
-        Some(forwarder)
-    };
-    let fallback = Fallback::new(dns::catalog(&served, forwarder));
+    let (served, catalog) = answering(
+        &zones.current(),
+        &registry,
+        serial,
+        sampling,
+        built.forwarder,
+    );
+    let fallback = Fallback::new(catalog);
     let responder = Arc::new(Responder::new(served, config.dns.fast_path));
     let dns_settings = DnsSettings {
         listen: config.dns.listen.clone(),
@@ -103,7 +78,7 @@ pub async fn run(config: Config) -> Result<()> {
         },
     };
     raise_open_files_limit();
-    let dns = DnsServer::start(&dns_settings, responder, fallback).await?;
+    let dns = DnsServer::start(&dns_settings, responder.clone(), fallback.clone()).await?;
     let registration = RegistrationServer::start(
         registry.clone(),
         config.registration.unix.as_deref(),
@@ -112,8 +87,8 @@ pub async fn run(config: Config) -> Result<()> {
     )
     .await?;
 
-    let served: Vec<String> = specs.iter().map(|s| s.origin.to_string()).collect();
-    info!(zones = ?served, "serving");
+    let origins: Vec<String> = built.specs.iter().map(|s| s.origin.to_string()).collect();
+    info!(zones = ?origins, "serving");
     // One machine-readable line on stdout, for scripts and tests that start svcdns on
     // port 0 and need to know where it ended up.
     let dns_addrs: Vec<String> = dns.local_addrs.iter().map(|a| a.to_string()).collect();
@@ -130,7 +105,29 @@ pub async fn run(config: Config) -> Result<()> {
     println!("{ready}");
     readiness.set_ready();
 
-    stop.wait().await;
+    let mut reloader = Reloader {
+        config_path,
+        config,
+        specs: built.specs,
+        zones,
+        registry: registry.clone(),
+        responder,
+        fallback,
+        serial_base: serial,
+    };
+    loop {
+        tokio::select! {
+            _ = stop.wait() => break,
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading the zones and the forward upstreams");
+                let outcome = reloader.reload().await;
+                metrics::reloaded(outcome.is_ok());
+                if let Err(e) = outcome {
+                    error!("{e:#}");
+                }
+            }
+        }
+    }
     info!("shutting down");
     readiness.set_stopping();
     registration.shutdown().await;
@@ -143,24 +140,6 @@ pub async fn run(config: Config) -> Result<()> {
         http.shutdown();
     }
     Ok(())
-}
-
-/// The zones from `zones_dir`, plus the default zone when no file defines it.
-fn zone_specs(config: &Config) -> Result<Vec<ZoneSpec>> {
-    let ns_address = config
-        .dns
-        .listen
-        .iter()
-        .map(|a| a.ip())
-        .find(|ip: &IpAddr| !ip.is_unspecified());
-    let mut specs = zone_file::load_dir(&config.zones_dir, config.dns.ttl, ns_address)?;
-    let default_zone = config.default_zone();
-    if !specs.iter().any(|s| s.origin.to_string() == default_zone) {
-        let origin = Name::from_ascii(&default_zone)
-            .with_context(|| format!("default_zone {default_zone}"))?;
-        specs.push(ZoneSpec::empty(origin, config.dns.ttl, ns_address));
-    }
-    Ok(specs)
 }
 
 /// Raises the soft limit on open files to the hard limit: every DNS-over-TCP and

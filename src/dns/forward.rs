@@ -22,9 +22,9 @@ use hickory_server::store::forwarder::{ForwardConfig, ForwardZoneHandler};
 use hickory_server::zone_handler::{
     AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, ZoneHandler, ZoneType,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::config::ConfigError;
+use crate::config::{self, ConfigError};
 use crate::metrics;
 use crate::throttle::LogThrottle;
 
@@ -111,6 +111,35 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// The forwarder that `forward:` asks for (`ours`: svcdns's own DNS addresses,
+    /// left out of the upstreams), or `None` when it names no upstream.
+    pub fn from_config(
+        config: &config::ForwardConfig,
+        ours: &[SocketAddr],
+    ) -> Result<Option<Forwarder>, ConfigError> {
+        let upstreams = Upstreams::new(
+            &config.upstreams,
+            config.from_resolv_conf.as_deref(),
+            Duration::from_secs(config.timeout),
+            ours,
+        )?;
+        if !upstreams.ourselves.is_empty() {
+            warn!(
+                left_out = ?upstreams.ourselves,
+                "forward upstreams that are svcdns's own DNS address are left out: forwarding to ourselves would loop"
+            );
+        }
+        if upstreams.is_empty() {
+            return Ok(None);
+        }
+        let forwarder = Forwarder::new(&upstreams).map_err(|message| ConfigError::Setting {
+            key: "forward",
+            message,
+        })?;
+        info!(upstreams = ?upstreams.addresses, "names outside our zones are forwarded");
+        Ok(Some(forwarder))
+    }
+
     pub fn new(upstreams: &Upstreams) -> Result<Forwarder, String> {
         let name_servers = upstreams
             .addresses

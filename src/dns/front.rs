@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use hickory_proto::rr::{Record, RecordType};
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::TokioTime;
@@ -91,14 +92,23 @@ pub enum Reply<'s> {
 
 /// Answers plain queries for our zones from the published snapshots.
 pub struct Responder {
-    zones: Vec<Arc<ServedZone>>,
+    /// Replaced whole when a reload changes the zones.
+    zones: ArcSwap<Vec<Arc<ServedZone>>>,
     /// When false every query goes to the Catalog (`dns.fast_path: false`).
     enabled: bool,
 }
 
 impl Responder {
     pub fn new(zones: Vec<Arc<ServedZone>>, enabled: bool) -> Responder {
-        Responder { zones, enabled }
+        Responder {
+            zones: ArcSwap::from_pointee(zones),
+            enabled,
+        }
+    }
+
+    /// Answers from `zones` from now on.
+    pub fn replace_zones(&self, zones: Vec<Arc<ServedZone>>) {
+        self.zones.store(Arc::new(zones));
     }
 
     /// Answers `packet` into `scratch`, or says who else must.
@@ -116,8 +126,9 @@ impl Responder {
         if !self.enabled || for_hickory(query.record_type) {
             return Reply::Fallback;
         }
-        // Names outside our zones are the Catalog's (REFUSED today, forwarding later).
-        let Some(zone) = self.zone_of(&query.name) else {
+        // Names outside our zones are the Catalog's (forwarded or REFUSED).
+        let zones = self.zones.load();
+        let Some(zone) = zone_of(&zones, &query.name) else {
             return Reply::Fallback;
         };
         let limit = response_limit(transport, query.edns.map(|edns| edns.payload));
@@ -152,15 +163,15 @@ impl Responder {
         }
         Reply::Send(out.finish(0))
     }
+}
 
-    /// The zone `name` is in; the deepest one when zones nest.
-    fn zone_of(&self, name: &WireName) -> Option<&ServedZone> {
-        self.zones
-            .iter()
-            .filter(|zone| name.is_within(zone.zone().origin_wire()))
-            .max_by_key(|zone| zone.zone().origin_wire().len())
-            .map(|zone| &**zone)
-    }
+/// The zone `name` is in; the deepest one when zones nest.
+fn zone_of<'z>(zones: &'z [Arc<ServedZone>], name: &WireName) -> Option<&'z ServedZone> {
+    zones
+        .iter()
+        .filter(|zone| name.is_within(zone.zone().origin_wire()))
+        .max_by_key(|zone| zone.zone().origin_wire().len())
+        .map(|zone| &**zone)
 }
 
 /// An answer that does not fit even a TCP message goes out with TC, and no client can
@@ -189,14 +200,20 @@ pub fn warn_huge_answer(
 /// outside our zones, zone transfers, signed or otherwise unusual messages.
 #[derive(Clone)]
 pub struct Fallback {
-    catalog: Arc<Catalog>,
+    /// Replaced whole when a reload changes the zones or the upstreams.
+    catalog: Arc<ArcSwap<Catalog>>,
 }
 
 impl Fallback {
     pub fn new(catalog: Catalog) -> Fallback {
         Fallback {
-            catalog: Arc::new(catalog),
+            catalog: Arc::new(ArcSwap::from_pointee(catalog)),
         }
+    }
+
+    /// Answers with `catalog` from now on; requests under way finish with the old one.
+    pub fn replace_catalog(&self, catalog: Catalog) {
+        self.catalog.store(Arc::new(catalog));
     }
 
     /// The Catalog's response to `packet` from `source`, if it gives one. A message that
@@ -215,9 +232,10 @@ impl Fallback {
             transport,
             response: Arc::new(Mutex::new(None)),
         };
+        let catalog = self.catalog.load_full();
         let failure = FORWARDING_FAILURE
             .scope(RefCell::new(None), async {
-                self.catalog
+                catalog
                     .handle_request::<_, TokioTime>(&request, captured.clone())
                     .await;
                 FORWARDING_FAILURE.with(|failure| failure.take())

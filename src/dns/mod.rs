@@ -26,32 +26,82 @@ pub use records::Sampling;
 pub use zone::{ServedZone, Zone};
 pub use zone_file::ZoneSpec;
 
-/// Every served zone, by canonical origin (`svc.internal.`). Implements the registry's
-/// [`Admission`]: whether an instance's names fit its zone.
+/// Every served zone, by canonical origin (`svc.internal.`), at its position in the
+/// registry's snapshots. Implements the registry's [`Admission`]: whether an
+/// instance's names fit its zone.
+///
+/// Positions never change: a zone that a reload takes away leaves an empty slot (the
+/// registry keeps its position too), and a zone that comes back takes its old one.
 pub struct Zones {
-    /// In the order given, which is also their order in the registry's snapshots.
-    zones: Vec<Arc<Zone>>,
+    /// Canonical origin of every position, served or not.
+    origins: Vec<String>,
+    /// The zone at each position; `None` where a reload took the zone away.
+    zones: Vec<Option<Arc<Zone>>>,
+    /// Positions of the served zones.
     by_origin: HashMap<String, usize>,
 }
 
 impl Zones {
     pub fn new(specs: &[ZoneSpec]) -> Zones {
-        let zones: Vec<Arc<Zone>> = specs.iter().map(|spec| Arc::new(Zone::new(spec))).collect();
-        let by_origin = zones
+        Zones::empty().reloaded(specs)
+    }
+
+    fn empty() -> Zones {
+        Zones {
+            origins: Vec::new(),
+            zones: Vec::new(),
+            by_origin: HashMap::new(),
+        }
+    }
+
+    /// The zones of `specs`, at the positions this set gave their origins; new origins
+    /// after them.
+    pub fn reloaded(&self, specs: &[ZoneSpec]) -> Zones {
+        let mut origins = self.origins.clone();
+        let mut zones: Vec<Option<Arc<Zone>>> = vec![None; origins.len()];
+        for spec in specs {
+            let zone = Arc::new(Zone::new(spec));
+            let origin = zone.origin().to_string();
+            match origins.iter().position(|known| *known == origin) {
+                Some(index) => zones[index] = Some(zone),
+                None => {
+                    origins.push(origin);
+                    zones.push(Some(zone));
+                }
+            }
+        }
+        let by_origin = origins
             .iter()
             .enumerate()
-            .map(|(index, zone)| (zone.origin().to_string(), index))
+            .filter(|(index, _)| zones[*index].is_some())
+            .map(|(index, origin)| (origin.clone(), index))
             .collect();
-        Zones { zones, by_origin }
+        Zones {
+            origins,
+            zones,
+            by_origin,
+        }
     }
 
-    /// What the registry needs to know of each zone, in snapshot order.
-    pub fn settings(&self) -> Vec<ZoneSettings> {
-        self.zones.iter().map(|zone| zone.settings()).collect()
+    /// What the registry needs to know of each position (`None`: not served).
+    pub fn settings(&self) -> Vec<Option<ZoneSettings>> {
+        self.zones
+            .iter()
+            .map(|zone| zone.as_ref().map(|zone| zone.settings()))
+            .collect()
     }
 
-    /// Every zone as served from the snapshots published in `published` (whose zones
-    /// are in the order of [`Zones::settings`]).
+    /// The zone at `index`, if served.
+    pub fn get(&self, index: usize) -> Option<&Arc<Zone>> {
+        self.zones.get(index)?.as_ref()
+    }
+
+    /// The position of a served zone.
+    pub fn position(&self, origin: &str) -> Option<usize> {
+        self.by_origin.get(origin).copied()
+    }
+
+    /// Every served zone as answered from the snapshots published in `published`.
     pub fn served(
         &self,
         published: &Arc<ArcSwap<View>>,
@@ -61,16 +111,44 @@ impl Zones {
         self.zones
             .iter()
             .enumerate()
-            .map(|(index, zone)| {
-                Arc::new(ServedZone::new(
-                    zone.clone(),
+            .filter_map(|(index, zone)| {
+                Some(Arc::new(ServedZone::new(
+                    zone.clone()?,
                     published.clone(),
                     index,
                     serial_base,
                     sampling,
-                ))
+                )))
             })
             .collect()
+    }
+}
+
+/// The zones in force, replaced whole by a reload; what the registry admits against.
+pub struct LiveZones(ArcSwap<Zones>);
+
+impl LiveZones {
+    pub fn new(zones: Zones) -> LiveZones {
+        LiveZones(ArcSwap::from_pointee(zones))
+    }
+
+    pub fn current(&self) -> Arc<Zones> {
+        self.0.load_full()
+    }
+
+    pub fn replace(&self, zones: Zones) {
+        self.0.store(Arc::new(zones));
+    }
+}
+
+impl Admission for LiveZones {
+    fn admit(&self, zone: &str, service: &Label, instance: &Instance) -> Result<(), RegistryError> {
+        let zones = self.0.load();
+        let zone = zones
+            .position(zone)
+            .and_then(|index| zones.get(index))
+            .ok_or_else(|| RegistryError::UnknownZone(zone.to_string()))?;
+        zone.admit(service, instance)
     }
 }
 
@@ -85,14 +163,4 @@ pub fn catalog(served: &[Arc<ServedZone>], forwarder: Option<forward::Forwarder>
         catalog.upsert(LowerName::from(Name::root()), vec![Arc::new(forwarder)]);
     }
     catalog
-}
-
-impl Admission for Zones {
-    fn admit(&self, zone: &str, service: &Label, instance: &Instance) -> Result<(), RegistryError> {
-        let index = self
-            .by_origin
-            .get(zone)
-            .ok_or_else(|| RegistryError::UnknownZone(zone.to_string()))?;
-        self.zones[*index].admit(service, instance)
-    }
 }

@@ -22,7 +22,7 @@ use crate::registry::spec::{canonical_zone, registration_from_json};
 use crate::registry::Registration;
 
 /// A zone ready to serve: from a file, or the built-in default zone.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ZoneSpec {
     /// Lowercase, fully qualified.
     pub origin: Name,
@@ -36,7 +36,7 @@ pub struct ZoneSpec {
     pub source: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SoaSpec {
     pub mname: Name,
     pub rname: Name,
@@ -47,7 +47,7 @@ pub struct SoaSpec {
     pub minimum: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StaticRecord {
     /// Absolute owner name.
     pub name: Name,

@@ -31,6 +31,15 @@ impl Default for LeaseSlot {
 }
 
 impl LeaseSlot {
+    /// The same lease, for a new entry that replaces this one's in the registry (its
+    /// key in [`Leases`] stays valid: it names the instance, not the entry).
+    pub fn duplicate(&self) -> LeaseSlot {
+        LeaseSlot {
+            deadline_ms: AtomicU64::new(self.deadline_ms.load(Ordering::Relaxed)),
+            seq: AtomicU64::new(self.seq.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Seconds until the lease ends, for leased instances.
     pub fn expires_in(&self, epoch: Instant, now: Instant) -> Option<f64> {
         let deadline = self.deadline_ms.load(Ordering::Relaxed);

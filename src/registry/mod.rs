@@ -179,6 +179,22 @@ impl Registry {
         }
     }
 
+    /// Applies a reload of the zones: `zones[i]` is the zone at snapshot position `i`
+    /// as it now is (`None`: no longer served; positions past the current ones are new
+    /// zones); `touched` are positions whose own records changed. Resolves once the
+    /// snapshot with the new zones is published.
+    pub fn reconfigure(
+        &self,
+        zones: Vec<Option<ZoneSettings>>,
+        touched: Vec<usize>,
+    ) -> Pending<()> {
+        self.submit(|reply| Command::Reconfigure {
+            zones,
+            touched,
+            reply,
+        })
+    }
+
     /// Removes the ephemeral instances that `connection` registered and still owns (an
     /// instance re-registered since, by anyone, is no longer tied to the connection).
     pub fn release_connection(&self, connection: ConnectionId) {

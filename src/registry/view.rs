@@ -51,6 +51,17 @@ impl Entry {
     pub fn id(&self) -> &Label {
         &self.instance.id
     }
+
+    /// This entry under a new zone default TTL, with the same lease.
+    fn with_zone_default(&self, zone_default_ttl: u32) -> Entry {
+        let lease = self.instance.ttl.unwrap_or(u32::MAX);
+        Entry {
+            instance: self.instance.clone(),
+            dns_ttl: self.instance.dns_ttl.unwrap_or(zone_default_ttl).min(lease),
+            owner: self.owner,
+            lease: self.lease.duplicate(),
+        }
+    }
 }
 
 /// Names one instance within the registry without holding it.
@@ -336,6 +347,9 @@ pub struct ZoneSettings {
 #[derive(Debug, Clone)]
 pub struct ZoneView {
     settings: Arc<ZoneSettings>,
+    /// False once a reload took the zone's file away: it takes no registrations and
+    /// DNS no longer answers for it, but it keeps its position in [`View::zones`].
+    served: bool,
     /// Grows with every batch that changes the zone; the SOA serial is built from it.
     revision: u64,
     services: imbl::HashMap<Label, Arc<Service>>,
@@ -359,6 +373,7 @@ impl ZoneView {
     fn new(settings: ZoneSettings) -> ZoneView {
         ZoneView {
             settings: Arc::new(settings),
+            served: true,
             revision: 0,
             services: imbl::HashMap::new(),
             service_types: imbl::OrdSet::new(),
@@ -380,6 +395,43 @@ impl ZoneView {
 
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    pub fn is_served(&self) -> bool {
+        self.served
+    }
+
+    /// Gives every instance without its own `dns_ttl` the zone's new default TTL.
+    fn set_default_ttl(&mut self, default_ttl: u32) {
+        if self.settings.default_ttl == default_ttl {
+            return;
+        }
+        self.settings = Arc::new(ZoneSettings {
+            origin: self.settings.origin.clone(),
+            default_ttl,
+        });
+        let mut affected: Vec<(Label, Arc<Entry>, Health)> = Vec::new();
+        for name in self.service_names() {
+            for (service, entry, health) in self.instances_of(name.as_str()) {
+                if entry.instance.dns_ttl.is_none() {
+                    affected.push((service.clone(), entry.clone(), health));
+                }
+            }
+        }
+        for (service, entry, health) in affected {
+            let retuned = Arc::new(entry.with_zone_default(default_ttl));
+            match health {
+                Health::Healthy => {
+                    self.remove_healthy(&service, entry.id().as_str());
+                    self.insert_healthy(&service, retuned);
+                }
+                Health::Critical => {
+                    if let Some(critical) = self.critical.get_mut(service.as_str()) {
+                        Arc::make_mut(critical).insert(retuned.id().clone(), retuned);
+                    }
+                }
+            }
+        }
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {
@@ -686,6 +738,31 @@ impl View {
         self.zones
             .get_mut(at.zone)?
             .mark(&at.service, at.id.as_str(), health)
+    }
+
+    /// Applies a reload: `zones[i]` is the zone at position `i` as it now is, `None` for
+    /// one no longer served; positions past the current zones add new ones. Returns
+    /// the positions whose answers change (new zones, new default TTLs).
+    pub fn reconfigure(&mut self, zones: Vec<Option<ZoneSettings>>) -> Vec<usize> {
+        let mut changed = Vec::new();
+        for (index, settings) in zones.into_iter().enumerate() {
+            match (self.zones.get_mut(index), settings) {
+                (Some(zone), Some(settings)) => {
+                    if !zone.served || zone.settings.default_ttl != settings.default_ttl {
+                        changed.push(index);
+                    }
+                    zone.served = true;
+                    zone.set_default_ttl(settings.default_ttl);
+                }
+                (Some(zone), None) => zone.served = false,
+                (None, Some(settings)) => {
+                    self.zones.push(ZoneView::new(settings));
+                    changed.push(index);
+                }
+                (None, None) => {}
+            }
+        }
+        changed
     }
 
     /// Marks a zone as changed by the current batch.

@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use super::change_log::ChangeLog;
 use super::leases::Leases;
 use super::model::{Health, Label, Registration};
-use super::view::{Entry, InstanceRef, View};
+use super::view::{Entry, InstanceRef, View, ZoneSettings};
 use super::watch::{Event, Reason, WatchStream, Watchers};
 use super::{ConnectionId, RegistryError};
 use crate::metrics;
@@ -50,6 +50,13 @@ pub enum Command {
     Mark {
         at: InstanceRef,
         health: Health,
+        reply: Reply<()>,
+    },
+    /// A reload changed the zones (see [`View::reconfigure`]); the zones in `touched`
+    /// changed their own records, so their serials must move too.
+    Reconfigure {
+        zones: Vec<Option<ZoneSettings>>,
+        touched: Vec<usize>,
         reply: Reply<()>,
     },
     /// The connection closed: its ephemeral instances go.
@@ -236,6 +243,16 @@ impl Writer {
                 };
                 outcome.acks.push(Ack::Unit(reply, result));
             }
+            Command::Reconfigure {
+                zones,
+                touched,
+                reply,
+            } => {
+                for zone in self.view.reconfigure(zones).into_iter().chain(touched) {
+                    outcome.changed(zone);
+                }
+                outcome.acks.push(Ack::Unit(reply, Ok(())));
+            }
             Command::Release { connection } => {
                 let owned = self.ephemeral.remove(&connection).unwrap_or_default();
                 let mut released = 0;
@@ -277,6 +294,7 @@ impl Writer {
         let zone_view = self
             .view
             .zone(zone)
+            .filter(|zone| zone.is_served())
             .ok_or(RegistryError::UnknownZone(origin))?;
         let origin = zone_view.origin().clone();
         zone_view.check_labels(&service, &instance)?;

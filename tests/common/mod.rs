@@ -332,6 +332,27 @@ impl Svcdns {
         }
     }
 
+    /// Sends SIGHUP and returns what the server logged until the reload was done or
+    /// refused.
+    pub fn reload(&self) -> String {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+        let mut logs = String::new();
+        let finished = eventually(WAIT, || {
+            let more = self.logs();
+            if !more.is_empty() {
+                logs.push_str(&more);
+                logs.push('\n');
+            }
+            logs.contains("reloaded the zones") || logs.contains("ERROR")
+        });
+        assert!(finished, "no end of the reload in the log: {logs}");
+        logs
+    }
+
     /// Everything the server has logged until a line containing `needle` (waiting up
     /// to [`WAIT`] for it: the log is read by another thread); what came if it never does.
     pub fn logs_until(&self, needle: &str) -> String {
