@@ -76,7 +76,8 @@ pub fn answering(
     (served, catalog)
 }
 
-fn sampling(config: &Config) -> Sampling {
+/// How large answers are sampled (`dns.max_answer_records`).
+pub fn sampling(config: &Config) -> Sampling {
     Sampling {
         max_answer_records: config.dns.max_answer_records,
     }

@@ -15,11 +15,11 @@ use crate::config::Config;
 use crate::dns::front::{Fallback, Responder};
 use crate::dns::server::{DnsServer, DnsSettings};
 use crate::dns::tcp::TcpSettings;
-use crate::dns::{LiveZones, Sampling};
+use crate::dns::LiveZones;
 use crate::http::{HttpServer, Readiness};
 use crate::metrics::{self, Exporter};
 use crate::registry::Registry;
-use crate::reload::{answering, apply_static_services, Built, Reloader, StaticPlan};
+use crate::reload::{answering, apply_static_services, sampling, Built, Reloader, StaticPlan};
 use crate::stop::StopSignals;
 
 /// Runs the server until SIGTERM or SIGINT; SIGHUP reloads the zones and the forward
@@ -54,14 +54,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         None => None,
     };
     apply_static_services(&registry, &StaticPlan::new(&[], &built.specs)).await?;
-    let sampling = Sampling {
-        max_answer_records: config.dns.max_answer_records,
-    };
     let (served, catalog) = answering(
         &zones.current(),
         &registry,
         serial,
-        sampling,
+        sampling(&config),
         built.forwarder,
     );
     let fallback = Fallback::new(catalog);
