@@ -234,13 +234,10 @@ impl Config {
         if self.registration.max_connections == 0 {
             return Err("registration.max_connections must be at least 1".into());
         }
-        let unsupported = [
-            (
-                self.registration.tokens_file.is_some(),
-                "registration.tokens_file",
-            ),
-            (self.data_dir.is_some(), "data_dir"),
-        ];
+        let unsupported = [(
+            self.registration.tokens_file.is_some(),
+            "registration.tokens_file",
+        )];
         if let Some((_, key)) = unsupported.iter().find(|(set, _)| *set) {
             return Err(format!(
                 "{key} is not supported by this version of svcdns yet; remove it"

@@ -13,4 +13,5 @@ pub mod registry;
 pub mod reload;
 pub mod serve;
 pub mod stop;
+pub mod store;
 pub mod throttle;

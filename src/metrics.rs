@@ -152,6 +152,7 @@ struct Counters {
     changes: [AtomicU64; Reason::ALL.len()],
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    store_failures: AtomicU64,
 }
 
 fn counters() -> &'static Counters {
@@ -170,6 +171,7 @@ fn counters() -> &'static Counters {
         changes: std::array::from_fn(|_| AtomicU64::new(0)),
         reloads_ok: AtomicU64::new(0),
         reloads_failed: AtomicU64::new(0),
+        store_failures: AtomicU64::new(0),
     })
 }
 
@@ -345,6 +347,11 @@ pub fn request_failed(op: Option<&str>, code: &'static str) {
 /// A registry change (registration, expiry, release, mark…) published.
 pub fn registry_changed(reason: Reason) {
     counters().changes[reason.index()].fetch_add(1, Ordering::Relaxed);
+}
+
+/// A commit to the durable store that failed.
+pub fn store_failed() {
+    counters().store_failures.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A SIGHUP reload, applied or refused.
@@ -585,6 +592,12 @@ impl Collector for Snapshot {
             services as i64,
         )?;
 
+        counter(
+            &mut encoder,
+            "svcdns_store_commit_failures",
+            "Batches the durable store could not commit (their changes were refused: store_unavailable)",
+            load(&counters.store_failures),
+        )?;
         let mut family = encoder.encode_descriptor(
             "svcdns_config_reloads",
             "Reloads of zones and upstreams on SIGHUP, by outcome",

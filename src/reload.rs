@@ -34,8 +34,6 @@ pub struct Reloader {
     pub registry: Registry,
     pub responder: Arc<Responder>,
     pub fallback: Fallback,
-    /// The SOA serial base the served zones were built with.
-    pub serial_base: u32,
 }
 
 /// The zones and forwarding of a configuration, ready to serve.
@@ -67,11 +65,10 @@ impl Built {
 pub fn answering(
     zones: &Zones,
     registry: &Registry,
-    serial_base: u32,
     sampling: Sampling,
     forwarder: Option<Forwarder>,
 ) -> (Vec<Arc<ServedZone>>, hickory_server::zone_handler::Catalog) {
-    let served = zones.served(&registry.published(), serial_base, sampling);
+    let served = zones.served(&registry.published(), sampling);
     let catalog = dns::catalog(&served, forwarder);
     (served, catalog)
 }
@@ -101,13 +98,7 @@ impl Reloader {
             .reconfigure(zones.settings(), touched)
             .await
             .map_err(|e| anyhow!("reload failed, nothing changed: {e}"))?;
-        let (served, catalog) = answering(
-            &zones,
-            &self.registry,
-            self.serial_base,
-            sampling(&config),
-            forwarder,
-        );
+        let (served, catalog) = answering(&zones, &self.registry, sampling(&config), forwarder);
         self.zones.replace(zones);
         self.fallback.replace_catalog(catalog);
         self.responder.replace_zones(served);
@@ -231,7 +222,7 @@ pub async fn apply_static_services(registry: &Registry, plan: &StaticPlan) -> Re
             (
                 registration,
                 source,
-                registry.register(registration.clone(), None),
+                registry.register_static(registration.clone()),
             )
         })
         .collect();

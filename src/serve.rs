@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
@@ -21,6 +21,8 @@ use crate::metrics::{self, Exporter};
 use crate::registry::Registry;
 use crate::reload::{answering, apply_static_services, sampling, Built, Reloader, StaticPlan};
 use crate::stop::StopSignals;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{MemoryStore, Store};
 
 /// Runs the server until SIGTERM or SIGINT; SIGHUP reloads the zones and the forward
 /// upstreams (re-reading `config_path`, when given).
@@ -31,15 +33,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let mut stop = StopSignals::install()?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let built = Built::new(&config, None)?;
-    // SOA serials start at the current time so that they only grow across restarts.
-    let serial = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(1);
+    let store: Box<dyn Store> = match &config.data_dir {
+        Some(data_dir) => Box::new(EmbeddedStore::open(data_dir)?),
+        None => Box::new(MemoryStore::default()),
+    };
     let zone_settings = built.zones.settings().into_iter().flatten().collect();
     let zones = Arc::new(LiveZones::new(built.zones));
-    let registry = Registry::start(zone_settings, &config.default_zone(), zones.clone())
-        .context("starting the registry's writer thread")?;
+    // The store is loaded here, before DNS answers.
+    let registry = Registry::start(zone_settings, &config.default_zone(), zones.clone(), store)?;
     // Up first, so that probes get "starting" rather than no answer while we load.
     let readiness = Readiness::default();
     let http = match &config.http {
@@ -57,7 +58,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let (served, catalog) = answering(
         &zones.current(),
         &registry,
-        serial,
         sampling(&config),
         built.forwarder,
     );
@@ -110,7 +110,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         registry: registry.clone(),
         responder,
         fallback,
-        serial_base: serial,
     };
     loop {
         tokio::select! {

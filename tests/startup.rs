@@ -95,7 +95,8 @@ fn bad_configuration_is_refused() {
             "forward.timeout 0 must be 1-60 seconds",
         ),
         ("http:\n  listen: localhost\n", "invalid socket address"),
-        ("data_dir: /var/lib/svcdns\n", "data_dir is not supported"),
+        // A data_dir that is a file, not a directory.
+        ("data_dir: svcdns.yaml\n", "data_dir svcdns.yaml"),
         ("default_zone: \"bad..zone\"\n", "default_zone"),
     ] {
         let error = match Svcdns::try_start(&[], extra) {

@@ -105,7 +105,6 @@ impl Zones {
     pub fn served(
         &self,
         published: &Arc<ArcSwap<View>>,
-        serial_base: u32,
         sampling: Sampling,
     ) -> Vec<Arc<ServedZone>> {
         self.zones
@@ -116,7 +115,6 @@ impl Zones {
                     zone.clone()?,
                     published.clone(),
                     index,
-                    serial_base,
                     sampling,
                 )))
             })

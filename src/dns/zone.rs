@@ -69,9 +69,6 @@ pub struct ServedZone {
     published: Arc<ArcSwap<View>>,
     /// The zone's position in the registry's snapshots.
     index: usize,
-    /// SOA serials are this plus the zone's revision in the registry, so they grow
-    /// with every change and, starting from the clock, across restarts.
-    serial_base: u32,
     sampling: Sampling,
 }
 
@@ -234,14 +231,12 @@ impl ServedZone {
         zone: Arc<Zone>,
         published: Arc<ArcSwap<View>>,
         index: usize,
-        serial_base: u32,
         sampling: Sampling,
     ) -> ServedZone {
         ServedZone {
             zone,
             published,
             index,
-            serial_base,
             sampling,
         }
     }
@@ -336,9 +331,9 @@ impl ServedZone {
         }
     }
 
-    /// The zone's SOA record in `view`: its serial grows with every change to the zone.
+    /// The zone's SOA record in `view`: its serial grows with every change to the zone
+    /// (and across restarts, see [`View::serial`]).
     pub fn soa<'a>(&'a self, view: &View) -> Rec<'a> {
-        let revision = view.zone(self.index).map_or(0, |zone| zone.revision());
         let zone = &*self.zone;
         let soa = &zone.soa;
         Rec {
@@ -348,7 +343,7 @@ impl ServedZone {
             data: Rdata::Soa(Soa {
                 mname: &zone.soa_mname,
                 rname: &zone.soa_rname,
-                serial: self.serial_base.wrapping_add(revision as u32),
+                serial: view.serial(self.index),
                 refresh: soa.refresh,
                 retry: soa.retry,
                 expire: soa.expire,

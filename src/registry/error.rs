@@ -84,6 +84,8 @@ pub enum RegistryError {
     NotFound { service: String, id: String },
     #[error("the registry is shutting down")]
     Unavailable,
+    #[error("the change was not made: the store cannot take it ({0}); DNS still answers from memory, try again")]
+    StoreUnavailable(String),
 }
 
 impl RegistryError {
@@ -118,6 +120,7 @@ impl RegistryError {
             RegistryError::UnknownZone(_) => "unknown_zone",
             RegistryError::NotFound { .. } => "not_found",
             RegistryError::Unavailable => "unavailable",
+            RegistryError::StoreUnavailable(_) => "store_unavailable",
         }
     }
 }

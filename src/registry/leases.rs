@@ -75,8 +75,13 @@ impl Leases {
 
     /// Starts (or restarts) a lease of `ttl` seconds on `slot`, for the instance `at`.
     pub fn start(&mut self, slot: &LeaseSlot, ttl: u32, at: InstanceRef, now: Instant) {
+        self.start_for(slot, Duration::from_secs(u64::from(ttl)), at, now);
+    }
+
+    /// Starts (or restarts) a lease that ends `length` after `now`.
+    pub fn start_for(&mut self, slot: &LeaseSlot, length: Duration, at: InstanceRef, now: Instant) {
         self.end(slot);
-        let deadline = self.millis(now) + u64::from(ttl) * 1000;
+        let deadline = self.millis(now) + length.as_millis() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
         slot.deadline_ms.store(deadline, Ordering::Relaxed);

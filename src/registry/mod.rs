@@ -24,7 +24,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -37,12 +37,23 @@ pub use watch::{Event, Reason, WatchItem, WatchStream};
 pub use writer::Subscription;
 use writer::{Command, Writer};
 
+use crate::store::{Store, StoreError};
+
 /// Decides whether an instance's DNS names can exist in its zone. Implemented by the
 /// DNS side, which knows the zone's static records and name lengths.
 pub trait Admission: Send + Sync + 'static {
     /// Refuses an instance whose names the zone cannot hold: a static record already
     /// owns the service's names, or a name would be too long.
     fn admit(&self, zone: &str, service: &Label, instance: &Instance) -> Result<(), RegistryError>;
+}
+
+/// Why the registry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(StoreError),
+    #[error("starting the registry's writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Identifies the registration connection that owns an ephemeral instance.
@@ -71,17 +82,49 @@ struct Shared {
 }
 
 impl Registry {
-    /// Starts the writer thread for a registry serving `zones`. `default_zone` is used
+    /// Loads what `store` holds, then starts the writer thread for a registry serving
+    /// `zones`; returns once the loaded registry is published. `default_zone` is used
     /// for requests that name none.
     pub fn start(
         zones: Vec<ZoneSettings>,
         default_zone: &str,
         admission: Arc<dyn Admission>,
-    ) -> std::io::Result<Registry> {
-        let view = View::new(zones, Instant::now());
+        mut store: Box<dyn Store>,
+    ) -> Result<Registry, StartError> {
+        let started = Instant::now();
+        let loaded = store.load().map_err(StartError::Store)?;
+        // Serials start at the clock, but never at or below one already published.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() as u32);
+        let serial_base = loaded
+            .serial
+            .map_or(now, |published| now.max(published.wrapping_add(1)));
+        let view = View::new(zones, Instant::now(), serial_base);
         let published = Arc::new(ArcSwap::from_pointee(view.clone()));
         let (queue, commands) = mpsc::channel();
-        let writer = Writer::new(view, published.clone());
+        let durable = store.is_durable();
+        let source = store.describe();
+        let mut writer = Writer::new(view, published.clone(), store);
+        let (count, left_out) = writer.load(loaded, admission.as_ref());
+        if durable {
+            tracing::info!(
+                instances = count,
+                from = %source,
+                seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                serial = serial_base,
+                "registry loaded"
+            );
+        } else {
+            tracing::info!("registry in {source}");
+        }
+        if !left_out.is_empty() {
+            tracing::warn!(
+                count = left_out.len(),
+                first = %left_out[0],
+                "stored instances left out (they stay in the store): their zone is not served or they no longer fit it"
+            );
+        }
         let thread = std::thread::Builder::new()
             .name("svcdns-writer".into())
             .spawn(move || {
@@ -93,7 +136,8 @@ impl Registry {
                     tracing::error!("the registry writer failed; stopping svcdns");
                     std::process::exit(70);
                 }
-            })?;
+            })
+            .map_err(StartError::Thread)?;
         Ok(Registry {
             shared: Arc::new(Shared {
                 queue,
@@ -120,8 +164,9 @@ impl Registry {
     }
 
     /// Adds or replaces an instance; resolves to its lease length once the change is
-    /// published. `connection` must be given for ephemeral instances: they go when
-    /// [`Registry::release_connection`] is called for it.
+    /// published (and, with a durable store, committed). `connection` must be given
+    /// for ephemeral instances: they go when [`Registry::release_connection`] is
+    /// called for it.
     ///
     /// The request is queued at once, so a caller may queue several before awaiting
     /// any; they are applied and acknowledged in order.
@@ -129,6 +174,21 @@ impl Registry {
         &self,
         registration: Registration,
         connection: Option<ConnectionId>,
+    ) -> Pending<Option<u32>> {
+        self.register_as(registration, connection, true)
+    }
+
+    /// Adds or replaces a static instance (from a zone file): never stored, since the
+    /// files bring it back at every start.
+    pub fn register_static(&self, registration: Registration) -> Pending<Option<u32>> {
+        self.register_as(registration, None, false)
+    }
+
+    fn register_as(
+        &self,
+        registration: Registration,
+        connection: Option<ConnectionId>,
+        stored: bool,
     ) -> Pending<Option<u32>> {
         let checked = registration
             .instance
@@ -147,6 +207,7 @@ impl Registry {
                 zone,
                 registration,
                 connection,
+                stored,
                 reply,
             }),
             Err(e) => Pending::failed(e),

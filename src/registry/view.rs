@@ -32,17 +32,27 @@ pub struct Entry {
     pub dns_ttl: u32,
     /// The registration connection an ephemeral instance lives with.
     pub owner: Option<ConnectionId>,
+    /// Kept in the durable store: neither ephemeral nor static (from a zone file).
+    pub stored: bool,
     pub lease: LeaseSlot,
 }
 
 impl Entry {
-    pub fn new(instance: Instance, zone_default_ttl: u32, owner: Option<ConnectionId>) -> Entry {
+    /// `stored`: whether the instance belongs in the durable store, unless it is
+    /// ephemeral (those never do).
+    pub fn new(
+        instance: Instance,
+        zone_default_ttl: u32,
+        owner: Option<ConnectionId>,
+        stored: bool,
+    ) -> Entry {
         // A cache must not keep serving an instance after its lease could have ended:
         // the record TTL is at most the lease.
         let lease = instance.ttl.unwrap_or(u32::MAX);
         Entry {
             dns_ttl: instance.dns_ttl.unwrap_or(zone_default_ttl).min(lease),
             owner: owner.filter(|_| instance.ephemeral),
+            stored: stored && !instance.ephemeral,
             instance,
             lease: LeaseSlot::default(),
         }
@@ -59,6 +69,7 @@ impl Entry {
             instance: self.instance.clone(),
             dns_ttl: self.instance.dns_ttl.unwrap_or(zone_default_ttl).min(lease),
             owner: self.owner,
+            stored: self.stored,
             lease: self.lease.duplicate(),
         }
     }
@@ -679,14 +690,39 @@ pub struct View {
     zones: Vec<ZoneView>,
     /// Origin of the lease clocks of every entry (see [`LeaseSlot`]).
     epoch: Instant,
+    /// A zone's SOA serial is this plus its revision: set at start above every serial
+    /// published before, so serials only grow.
+    serial_base: u32,
 }
 
 impl View {
-    pub fn new(zones: Vec<ZoneSettings>, epoch: Instant) -> View {
+    pub fn new(zones: Vec<ZoneSettings>, epoch: Instant, serial_base: u32) -> View {
         View {
             zones: zones.into_iter().map(ZoneView::new).collect(),
             epoch,
+            serial_base,
         }
+    }
+
+    /// The SOA serial of the zone at `index`.
+    pub fn serial(&self, index: usize) -> u32 {
+        let revision = self.zone(index).map_or(0, |zone| zone.revision());
+        self.serial_base.wrapping_add(revision as u32)
+    }
+
+    /// The highest serial among `zones`.
+    pub fn max_serial(&self, zones: &[usize]) -> u32 {
+        zones
+            .iter()
+            .map(|&zone| self.serial(zone))
+            .max()
+            .unwrap_or(self.serial_base)
+    }
+
+    /// A registered instance and its health.
+    pub fn instance(&self, at: &InstanceRef) -> Option<(&Arc<Entry>, Health)> {
+        self.zone(at.zone)?
+            .instance(at.service.as_str(), at.id.as_str())
     }
 
     pub fn zones(&self) -> &[ZoneView] {
@@ -985,7 +1021,7 @@ mod tests {
         #[test]
         fn incremental_view_equals_a_rebuild(ops in prop::collection::vec(op(), 1..120)) {
             let settings = ZoneSettings { origin: Arc::from("svc.internal."), default_ttl: 5 };
-            let mut view = View::new(vec![settings], Instant::now());
+            let mut view = View::new(vec![settings], Instant::now(), 1);
             // Published snapshots must never change under later writes.
             let mut snapshots: Vec<(Arc<View>, ZoneDigest)> = Vec::new();
             // Healthy instances, and critical ones (in no answer, still registered).
@@ -1016,7 +1052,7 @@ mod tests {
                         if view.zones[0].check_labels(&service_label, &instance).is_err() {
                             continue;
                         }
-                        let entry = Arc::new(Entry::new(instance, 5, None));
+                        let entry = Arc::new(Entry::new(instance, 5, None, true));
                         let key = (service_label.to_string(), entry.id().to_string());
                         critical.remove(&key);
                         model.insert(key, entry.clone());

@@ -1,16 +1,24 @@
 //! The one writer (DESIGN §5): a thread of its own, fed by a queue, that applies
-//! everything queued as one batch, publishes one snapshot, and only then acknowledges
-//! the batch's requests and emits their events.
+//! everything queued as one batch, commits it to the store, publishes one snapshot,
+//! and only then acknowledges the batch's requests and emits their events.
 //!
 //! Readers never wait for it and it never runs on their threads. Under load batches
-//! grow, so throughput rises while a request waits at most one batch. Lease expiries
-//! and the release of a closed connection's ephemeral instances are changes like any
-//! other, batched with whatever else is queued.
+//! grow, so throughput rises while a request waits at most one batch, and a durable
+//! store pays one commit per batch, not per request (group commit).
+//!
+//! A batch is first planned on a copy of the view (cheap: the view is made of
+//! persistent maps and shared groups), which yields the store changes and the lease
+//! bookkeeping to do. Only once the store has committed the changes does the copy
+//! become the view. If the commit fails, the batch is planned again with the store
+//! unavailable: every request that would change stored data is refused
+//! (`store_unavailable`) and changes nothing, while the rest (renewals, ephemeral
+//! instances, watches) goes on. Lease expiries are not requests: they happen in
+//! memory whatever the store says, and their deletions are retried until committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
@@ -21,11 +29,14 @@ use super::leases::Leases;
 use super::model::{Health, Label, Registration};
 use super::view::{Entry, InstanceRef, View, ZoneSettings};
 use super::watch::{Event, Reason, WatchStream, Watchers};
-use super::{ConnectionId, RegistryError};
+use super::{Admission, ConnectionId, InstanceKey, RegistryError};
 use crate::metrics;
+use crate::store::{Change, Loaded, Store, StoredInstance};
 
 /// Most requests applied as one batch, so a request waits for at most this many others.
 const MAX_BATCH: usize = 1024;
+/// How often the deadlines of renewed leases are written to a durable store.
+const LEASE_CHECKPOINT: Duration = Duration::from_secs(5);
 
 pub type Reply<T> = oneshot::Sender<Result<T, RegistryError>>;
 
@@ -35,6 +46,8 @@ pub enum Command {
         zone: usize,
         registration: Registration,
         connection: Option<ConnectionId>,
+        /// False for static services: the zone files bring them back at every start.
+        stored: bool,
         /// Acknowledged with the lease length.
         reply: Reply<Option<u32>>,
     },
@@ -90,24 +103,59 @@ pub struct Writer {
     watchers: Watchers,
     /// The changes, at INFO, rate-limited.
     change_log: ChangeLog,
+    store: Box<dyn Store>,
+    /// Changes made in memory that the store has not committed yet (lease expiries
+    /// while it was unavailable), in order; sent ahead of every later batch.
+    unsynced: Vec<Change>,
+    /// Leases renewed since the last checkpoint.
+    renewed: HashSet<InstanceRef>,
+    next_checkpoint: Instant,
 }
 
-/// The effects of one batch, delivered once it is published.
-#[derive(Default)]
-struct Outcome {
-    changed_zones: Vec<usize>,
+/// Whether a batch may change stored data.
+#[derive(Clone)]
+enum StoreState {
+    Writable,
+    /// The commit failed with this error: changes to stored data are refused.
+    Unavailable(String),
+}
+
+/// A batch applied to a copy of the view, not yet committed.
+struct Plan {
+    view: View,
+    /// For the store, in order.
+    changes: Vec<Change>,
+    /// Lease and ownership bookkeeping, done once the plan is adopted.
+    effects: Vec<Effect>,
+    /// Each command's reply, by position in the batch.
+    acks: Vec<Option<Ack>>,
     events: Vec<Event>,
-    acks: Vec<Ack>,
-    watches: Vec<(Option<Label>, oneshot::Sender<Subscription>)>,
+    changed_zones: Vec<usize>,
+    /// Ephemeral instances registered by each connection in this batch.
+    owned: HashMap<ConnectionId, Vec<InstanceRef>>,
+    /// `(connection, instances released)`, for the log.
+    released: Vec<(ConnectionId, usize)>,
+}
+
+enum Effect {
+    StartLease {
+        entry: Arc<Entry>,
+        length: Duration,
+        at: InstanceRef,
+    },
+    EndLease(Arc<Entry>),
+    Own(ConnectionId, InstanceRef),
+    Disown(ConnectionId),
+    Renewed(InstanceRef),
 }
 
 enum Ack {
-    Lease(Reply<Option<u32>>, Result<Option<u32>, RegistryError>),
-    Unit(Reply<()>, Result<(), RegistryError>),
+    Lease(Result<Option<u32>, RegistryError>),
+    Unit(Result<(), RegistryError>),
 }
 
 impl Writer {
-    pub fn new(view: View, published: Arc<ArcSwap<View>>) -> Writer {
+    pub fn new(view: View, published: Arc<ArcSwap<View>>, store: Box<dyn Store>) -> Writer {
         Writer {
             leases: Leases::new(view.epoch()),
             view,
@@ -116,7 +164,73 @@ impl Writer {
             ephemeral: HashMap::new(),
             watchers: Watchers::default(),
             change_log: ChangeLog::new(Instant::now()),
+            store,
+            unsynced: Vec::new(),
+            renewed: HashSet::new(),
+            next_checkpoint: Instant::now() + LEASE_CHECKPOINT,
         }
+    }
+
+    /// Fills the registry with what the store holds, and publishes it. Instances that
+    /// no longer fit (their zone is not served, or a static record now owns their
+    /// names) are left out, and stay in the store; returns how many were loaded and
+    /// what was left out.
+    pub fn load(&mut self, loaded: Loaded, admission: &dyn Admission) -> (usize, Vec<String>) {
+        let now = Instant::now();
+        let now_wall = unix_ms(SystemTime::now());
+        let mut left_out = loaded.unreadable;
+        let mut count = 0;
+        for stored in loaded.instances {
+            let StoredInstance {
+                registration,
+                health,
+                lease_deadline_unix_ms,
+            } = stored;
+            let Registration {
+                zone,
+                service,
+                instance,
+            } = registration;
+            let placed = self
+                .view
+                .zone_index(&zone)
+                .filter(|&index| self.view.zone(index).is_some_and(|z| z.is_served()))
+                .ok_or_else(|| RegistryError::UnknownZone(zone.clone()))
+                .and_then(|index| {
+                    admission.admit(&zone, &service, &instance)?;
+                    let zone_view = self.view.zone(index).ok_or(RegistryError::Unavailable)?;
+                    zone_view.check_labels(&service, &instance)?;
+                    Ok((index, zone_view.settings().default_ttl))
+                });
+            let (index, default_ttl) = match placed {
+                Ok(placed) => placed,
+                Err(e) => {
+                    left_out.push(format!("{zone} {service} {}: {e}", instance.id));
+                    continue;
+                }
+            };
+            let at = InstanceRef {
+                zone: index,
+                service: service.clone(),
+                id: instance.id.clone(),
+            };
+            let ttl = instance.ttl;
+            let entry = Arc::new(Entry::new(instance, default_ttl, None, true));
+            if let Some(ttl) = ttl {
+                // The time it had left, plus one full lease of grace.
+                let remaining = lease_deadline_unix_ms.map_or(0, |d| d.saturating_sub(now_wall));
+                let length = Duration::from_millis(remaining) + Duration::from_secs(u64::from(ttl));
+                self.leases.start_for(&entry.lease, length, at.clone(), now);
+            }
+            self.view.insert(index, &service, entry);
+            if health == Health::Critical {
+                self.view.mark(&at, Health::Critical);
+            }
+            count += 1;
+        }
+        let previous = self.published.swap(Arc::new(self.view.clone()));
+        self.retired.push(previous);
+        (count, left_out)
     }
 
     /// Runs until [`Command::Shutdown`] or until every sender is gone.
@@ -124,10 +238,16 @@ impl Writer {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut running = true;
         while running {
-            let deadline = match (self.leases.next_deadline(), self.change_log.deadline()) {
-                (Some(lease), Some(log)) => Some(lease.min(log)),
-                (lease, log) => lease.or(log),
-            };
+            let checkpoint = (!self.renewed.is_empty() || !self.unsynced.is_empty())
+                .then_some(self.next_checkpoint);
+            let deadline = [
+                self.leases.next_deadline(),
+                self.change_log.deadline(),
+                checkpoint,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let first = match deadline {
                 Some(deadline) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
@@ -151,37 +271,97 @@ impl Writer {
             }
             self.apply(&mut batch);
         }
+        // What renewals did since the last checkpoint is worth keeping.
+        self.checkpoint(Instant::now(), true);
         debug!("registry writer stopped");
     }
 
     fn apply(&mut self, batch: &mut Vec<Command>) {
         let now = Instant::now();
-        let mut outcome = Outcome::default();
-        for command in batch.drain(..) {
-            self.apply_one(command, now, &mut outcome);
-        }
-        let expired_before = outcome.events.len();
-        while let Some(at) = self.leases.pop_due(now) {
-            self.remove(&at, Reason::Expired, &mut outcome);
-        }
-        let expired = outcome.events.len() - expired_before;
-        if expired > 0 {
-            debug!(count = expired, "leases expired");
-        }
-        self.publish(&outcome.changed_zones);
-        // A requester that went away no longer needs its answer: send errors are ignored.
-        for ack in outcome.acks {
-            match ack {
-                Ack::Lease(reply, result) => drop(reply.send(result)),
-                Ack::Unit(reply, result) => drop(reply.send(result)),
+        let mut plan = self.plan(batch, now, &StoreState::Writable);
+        if self.store.is_durable() && !(plan.changes.is_empty() && self.unsynced.is_empty()) {
+            let mut changes = std::mem::take(&mut self.unsynced);
+            let earlier = changes.len();
+            changes.append(&mut plan.changes);
+            if let Err(e) = self.store.apply(&changes) {
+                metrics::store_failed();
+                // Memory holds the earlier unsynced changes, not this batch's.
+                changes.truncate(earlier);
+                self.unsynced = changes;
+                plan = self.plan(batch, now, &StoreState::Unavailable(e.to_string()));
+                // All the store may still need of it: the serial it published.
+                self.unsynced.append(&mut plan.changes);
             }
         }
-        for event in &outcome.events {
+        self.adopt(plan, batch, now);
+    }
+
+    /// Makes a plan the view: does its bookkeeping, expires what is due, publishes,
+    /// then acknowledges and tells watchers.
+    fn adopt(&mut self, plan: Plan, batch: &mut Vec<Command>, now: Instant) {
+        let Plan {
+            view,
+            effects,
+            acks,
+            mut events,
+            mut changed_zones,
+            released,
+            ..
+        } = plan;
+        self.view = view;
+        for effect in effects {
+            match effect {
+                Effect::StartLease { entry, length, at } => {
+                    self.leases.start_for(&entry.lease, length, at, now)
+                }
+                Effect::EndLease(entry) => self.leases.end(&entry.lease),
+                Effect::Own(connection, at) => {
+                    self.ephemeral.entry(connection).or_default().push(at)
+                }
+                Effect::Disown(connection) => {
+                    self.ephemeral.remove(&connection);
+                }
+                Effect::Renewed(at) => {
+                    if self.store.is_durable() {
+                        self.renewed.insert(at);
+                    }
+                }
+            }
+        }
+        for (connection, count) in released {
+            info!(
+                connection,
+                count, "connection closed: its ephemeral instances are removed"
+            );
+        }
+        self.expire(now, &mut events, &mut changed_zones);
+        self.checkpoint(now, false);
+        self.publish(&changed_zones);
+
+        // A requester that went away no longer needs its answer: send errors are ignored.
+        let mut watches = Vec::new();
+        for (command, ack) in batch.drain(..).zip(acks) {
+            match (command, ack) {
+                (
+                    Command::Register { reply, .. } | Command::Renew { reply, .. },
+                    Some(Ack::Lease(result)),
+                ) => drop(reply.send(result)),
+                (
+                    Command::Deregister { reply, .. }
+                    | Command::Mark { reply, .. }
+                    | Command::Reconfigure { reply, .. },
+                    Some(Ack::Unit(result)),
+                ) => drop(reply.send(result)),
+                (Command::Watch { filter, reply }, _) => watches.push((filter, reply)),
+                _ => {}
+            }
+        }
+        for event in &events {
             metrics::registry_changed(event.reason);
         }
-        self.watchers.dispatch(&outcome.events);
-        self.change_log.record(&outcome.events, now);
-        for (filter, reply) in outcome.watches {
+        self.watchers.dispatch(&events);
+        self.change_log.record(&events, now);
+        for (filter, reply) in watches {
             let events = self.watchers.add(filter);
             let snapshot = self.published.load_full();
             let _ = reply.send(Subscription { snapshot, events });
@@ -191,175 +371,241 @@ impl Writer {
             .retain(|snapshot| Arc::strong_count(snapshot) > 1);
     }
 
-    fn apply_one(&mut self, command: Command, now: Instant, outcome: &mut Outcome) {
+    /// Lease expiries: in memory at once, whatever the store says; their deletions go
+    /// to the store with the next commit (tried right away).
+    fn expire(&mut self, now: Instant, events: &mut Vec<Event>, changed_zones: &mut Vec<usize>) {
+        let before = events.len();
+        let mut expired_zones = Vec::new();
+        while let Some(at) = self.leases.pop_due(now) {
+            let Some(entry) = self.view.remove(&at) else {
+                continue;
+            };
+            self.leases.end(&entry.lease);
+            if self.store.is_durable() && entry.stored {
+                self.unsynced.push(Change::Delete(key_of(&self.view, &at)));
+            }
+            changed(&mut expired_zones, at.zone);
+            events.push(Event {
+                reason: Reason::Expired,
+                zone: zone_origin(&self.view, at.zone),
+                service: at.service,
+                id: at.id,
+                entry: None,
+            });
+        }
+        let expired = events.len() - before;
+        if expired > 0 {
+            debug!(count = expired, "leases expired");
+            for &zone in &expired_zones {
+                self.view.bump_revision(zone);
+                changed(changed_zones, zone);
+            }
+            if self.store.is_durable() {
+                self.unsynced
+                    .push(Change::Serial(self.view.max_serial(&expired_zones)));
+                // Not waiting for the checkpoint: an expiry should not come back after
+                // a crash longer than it must.
+                self.next_checkpoint = now;
+            }
+        }
+    }
+
+    /// Writes unsynced changes and the deadlines of renewed leases, when due (or now,
+    /// when `force`). A failure keeps them for the next try.
+    fn checkpoint(&mut self, now: Instant, force: bool) {
+        if !self.store.is_durable() || (!force && now < self.next_checkpoint) {
+            return;
+        }
+        self.next_checkpoint = now + LEASE_CHECKPOINT;
+        if self.renewed.is_empty() && self.unsynced.is_empty() {
+            return;
+        }
+        let mut changes = std::mem::take(&mut self.unsynced);
+        let unsynced = changes.len();
+        let renewed: Vec<InstanceRef> = self.renewed.drain().collect();
+        for at in &renewed {
+            let Some(entry) = self.view.entry(at).filter(|entry| entry.stored) else {
+                continue;
+            };
+            if let Some(deadline_unix_ms) = wall_deadline(&self.view, entry, now) {
+                changes.push(Change::Lease {
+                    key: key_of(&self.view, at),
+                    deadline_unix_ms,
+                });
+            }
+        }
+        if let Err(e) = self.store.apply(&changes) {
+            metrics::store_failed();
+            debug!(error = %e, "lease checkpoint not written; will retry");
+            changes.truncate(unsynced);
+            self.unsynced = changes;
+            self.renewed.extend(renewed);
+        }
+    }
+
+    /// Applies `batch` to a copy of the view. With the store unavailable, requests
+    /// that would change stored data are refused and change nothing.
+    fn plan(&self, batch: &[Command], now: Instant, store: &StoreState) -> Plan {
+        let mut plan = Plan {
+            view: self.view.clone(),
+            changes: Vec::new(),
+            effects: Vec::new(),
+            acks: Vec::with_capacity(batch.len()),
+            events: Vec::new(),
+            changed_zones: Vec::new(),
+            owned: HashMap::new(),
+            released: Vec::new(),
+        };
+        let durable = self.store.is_durable();
+        for command in batch {
+            let ack = self.plan_one(&mut plan, command, now, durable, store);
+            plan.acks.push(ack);
+        }
+        // Serials move with every batch that changes a zone, and the store keeps the
+        // highest, so that they never go backwards across a restart.
+        for &zone in &plan.changed_zones {
+            plan.view.bump_revision(zone);
+        }
+        if durable && !plan.changed_zones.is_empty() {
+            let serial = plan.view.max_serial(&plan.changed_zones);
+            plan.changes.push(Change::Serial(serial));
+        }
+        plan
+    }
+
+    fn plan_one(
+        &self,
+        plan: &mut Plan,
+        command: &Command,
+        now: Instant,
+        durable: bool,
+        store: &StoreState,
+    ) -> Option<Ack> {
+        // Refuses a change the store cannot take; otherwise queues it for the store.
+        let stage = |plan: &mut Plan, change: Option<Change>| -> Result<(), RegistryError> {
+            let Some(change) = change.filter(|_| durable) else {
+                return Ok(());
+            };
+            match store {
+                StoreState::Writable => {
+                    plan.changes.push(change);
+                    Ok(())
+                }
+                StoreState::Unavailable(message) => {
+                    Err(RegistryError::StoreUnavailable(message.clone()))
+                }
+            }
+        };
         match command {
             Command::Register {
                 zone,
                 registration,
                 connection,
-                reply,
-            } => {
-                let result = self.register(zone, registration, connection, now, outcome);
-                outcome.acks.push(Ack::Lease(reply, result));
-            }
-            Command::Renew { at, reply } => {
-                let result = match self.view.entry(&at) {
+                stored,
+                ..
+            } => Some(Ack::Lease(plan_register(
+                plan,
+                *zone,
+                registration,
+                *connection,
+                *stored,
+                stage,
+            ))),
+            Command::Renew { at, .. } => {
+                let result = match plan.view.entry(at) {
                     Some(entry) => {
                         if let Some(ttl) = entry.instance.ttl {
-                            self.leases.start(&entry.lease, ttl, at.clone(), now);
+                            plan.effects.push(Effect::StartLease {
+                                entry: entry.clone(),
+                                length: Duration::from_secs(u64::from(ttl)),
+                                at: at.clone(),
+                            });
+                            plan.effects.push(Effect::Renewed(at.clone()));
                         }
                         Ok(entry.instance.ttl)
                     }
-                    None => Err(not_found(&at)),
+                    None => Err(not_found(at)),
                 };
-                outcome.acks.push(Ack::Lease(reply, result));
+                Some(Ack::Lease(result))
             }
-            Command::Deregister { at, reply } => {
-                let result = match self.remove(&at, Reason::Deregistered, outcome) {
-                    true => Ok(()),
-                    false => Err(not_found(&at)),
-                };
-                outcome.acks.push(Ack::Unit(reply, result));
-            }
-            Command::Mark { at, health, reply } => {
-                let result = match self.view.mark(&at, health) {
-                    Some((entry, changed)) => {
-                        if changed {
-                            outcome.changed(at.zone);
-                            outcome.events.push(Event {
-                                reason: match health {
-                                    Health::Critical => Reason::Critical,
-                                    Health::Healthy => Reason::Healthy,
-                                },
-                                zone: self.zone_origin(at.zone),
-                                service: at.service,
-                                id: at.id,
-                                entry: Some(entry),
-                            });
-                        }
-                        Ok(())
+            Command::Deregister { at, .. } => {
+                let result = match plan.view.entry(at).cloned() {
+                    None => Err(not_found(at)),
+                    Some(entry) => {
+                        let change = entry.stored.then(|| Change::Delete(key_of(&plan.view, at)));
+                        stage(plan, change).map(|()| {
+                            remove(plan, at, Reason::Deregistered);
+                        })
                     }
-                    None => Err(not_found(&at)),
                 };
-                outcome.acks.push(Ack::Unit(reply, result));
+                Some(Ack::Unit(result))
             }
-            Command::Reconfigure {
-                zones,
-                touched,
-                reply,
-            } => {
-                for zone in self.view.reconfigure(zones).into_iter().chain(touched) {
-                    outcome.changed(zone);
+            Command::Mark { at, health, .. } => {
+                let result = match plan.view.instance(at) {
+                    None => Err(not_found(at)),
+                    Some((_, current)) if current == *health => Ok(()),
+                    Some((entry, _)) => {
+                        let entry = entry.clone();
+                        let change = entry.stored.then(|| {
+                            Change::Put(stored_instance(&plan.view, at, &entry, *health, now))
+                        });
+                        stage(plan, change).map(|()| {
+                            if let Some((entry, true)) = plan.view.mark(at, *health) {
+                                changed(&mut plan.changed_zones, at.zone);
+                                plan.events.push(Event {
+                                    reason: match health {
+                                        Health::Critical => Reason::Critical,
+                                        Health::Healthy => Reason::Healthy,
+                                    },
+                                    zone: zone_origin(&plan.view, at.zone),
+                                    service: at.service.clone(),
+                                    id: at.id.clone(),
+                                    entry: Some(entry),
+                                });
+                            }
+                        })
+                    }
+                };
+                Some(Ack::Unit(result))
+            }
+            Command::Reconfigure { zones, touched, .. } => {
+                for zone in plan
+                    .view
+                    .reconfigure(zones.clone())
+                    .into_iter()
+                    .chain(touched.iter().copied())
+                {
+                    changed(&mut plan.changed_zones, zone);
                 }
-                outcome.acks.push(Ack::Unit(reply, Ok(())));
+                Some(Ack::Unit(Ok(())))
             }
             Command::Release { connection } => {
-                let owned = self.ephemeral.remove(&connection).unwrap_or_default();
+                let mut owned = self.ephemeral.get(connection).cloned().unwrap_or_default();
+                owned.extend(plan.owned.remove(connection).unwrap_or_default());
                 let mut released = 0;
                 for at in owned {
-                    let still_owned = self
+                    let still_owned = plan
                         .view
                         .entry(&at)
-                        .is_some_and(|entry| entry.owner == Some(connection));
-                    if still_owned && self.remove(&at, Reason::Disconnected, outcome) {
+                        .is_some_and(|entry| entry.owner == Some(*connection));
+                    if still_owned && remove(plan, &at, Reason::Disconnected) {
                         released += 1;
                     }
                 }
+                plan.effects.push(Effect::Disown(*connection));
                 if released > 0 {
-                    info!(
-                        connection,
-                        count = released,
-                        "connection closed: its ephemeral instances are removed"
-                    );
+                    plan.released.push((*connection, released));
                 }
+                None
             }
-            Command::Watch { filter, reply } => outcome.watches.push((filter, reply)),
-            Command::Shutdown => {}
+            Command::Watch { .. } | Command::Shutdown => None,
         }
-    }
-
-    fn register(
-        &mut self,
-        zone: usize,
-        registration: Registration,
-        connection: Option<ConnectionId>,
-        now: Instant,
-        outcome: &mut Outcome,
-    ) -> Result<Option<u32>, RegistryError> {
-        let Registration {
-            zone: origin,
-            service,
-            instance,
-        } = registration;
-        let zone_view = self
-            .view
-            .zone(zone)
-            .filter(|zone| zone.is_served())
-            .ok_or(RegistryError::UnknownZone(origin))?;
-        let origin = zone_view.origin().clone();
-        zone_view.check_labels(&service, &instance)?;
-        let default_ttl = zone_view.settings().default_ttl;
-        let at = InstanceRef {
-            zone,
-            service: service.clone(),
-            id: instance.id.clone(),
-        };
-        let ttl = instance.ttl;
-        let entry = Arc::new(Entry::new(instance, default_ttl, connection));
-        if let Some(ttl) = ttl {
-            self.leases.start(&entry.lease, ttl, at.clone(), now);
-        }
-        if let Some(connection) = entry.owner {
-            self.ephemeral
-                .entry(connection)
-                .or_default()
-                .push(at.clone());
-        }
-        if let Some(replaced) = self.view.insert(zone, &service, entry.clone()) {
-            self.leases.end(&replaced.lease);
-        }
-        outcome.changed(zone);
-        outcome.events.push(Event {
-            reason: Reason::Registered,
-            zone: origin,
-            service,
-            id: at.id,
-            entry: Some(entry),
-        });
-        Ok(ttl)
-    }
-
-    /// Removes an instance; false when it is not registered.
-    fn remove(&mut self, at: &InstanceRef, reason: Reason, outcome: &mut Outcome) -> bool {
-        let Some(entry) = self.view.remove(at) else {
-            return false;
-        };
-        self.leases.end(&entry.lease);
-        outcome.changed(at.zone);
-        outcome.events.push(Event {
-            reason,
-            zone: self.zone_origin(at.zone),
-            service: at.service.clone(),
-            id: at.id.clone(),
-            entry: None,
-        });
-        true
-    }
-
-    fn zone_origin(&self, zone: usize) -> Arc<str> {
-        self.view
-            .zone(zone)
-            .map(|zone| zone.origin().clone())
-            .unwrap_or_else(|| Arc::from(""))
     }
 
     /// Publishes the writer's view if the batch changed it, and frees the snapshots
     /// that no reader holds any more.
     fn publish(&mut self, changed_zones: &[usize]) {
         if !changed_zones.is_empty() {
-            for &zone in changed_zones {
-                self.view.bump_revision(zone);
-            }
             let previous = self.published.swap(Arc::new(self.view.clone()));
             self.retired.push(previous);
         }
@@ -369,11 +615,143 @@ impl Writer {
     }
 }
 
-impl Outcome {
-    fn changed(&mut self, zone: usize) {
-        if !self.changed_zones.contains(&zone) {
-            self.changed_zones.push(zone);
-        }
+/// Plans a registration: checks it against the plan's view, stages its store change
+/// and applies it to the view.
+fn plan_register(
+    plan: &mut Plan,
+    zone: usize,
+    registration: &Registration,
+    connection: Option<ConnectionId>,
+    stored: bool,
+    stage: impl Fn(&mut Plan, Option<Change>) -> Result<(), RegistryError>,
+) -> Result<Option<u32>, RegistryError> {
+    let Registration {
+        zone: origin,
+        service,
+        instance,
+    } = registration;
+    let zone_view = plan
+        .view
+        .zone(zone)
+        .filter(|zone| zone.is_served())
+        .ok_or_else(|| RegistryError::UnknownZone(origin.clone()))?;
+    let origin = zone_view.origin().clone();
+    zone_view.check_labels(service, instance)?;
+    let default_ttl = zone_view.settings().default_ttl;
+    let at = InstanceRef {
+        zone,
+        service: service.clone(),
+        id: instance.id.clone(),
+    };
+    let entry = Arc::new(Entry::new(
+        instance.clone(),
+        default_ttl,
+        connection,
+        stored,
+    ));
+    let change = if entry.stored {
+        Some(Change::Put(StoredInstance {
+            registration: registration.clone(),
+            health: Health::Healthy,
+            lease_deadline_unix_ms: instance
+                .ttl
+                .map(|ttl| unix_ms(SystemTime::now()) + u64::from(ttl) * 1000),
+        }))
+    } else {
+        // What it replaces must not come back from the store after a restart.
+        let replaces_stored = plan.view.entry(&at).is_some_and(|old| old.stored);
+        replaces_stored.then(|| Change::Delete(key_of(&plan.view, &at)))
+    };
+    stage(plan, change)?;
+    if let Some(replaced) = plan.view.insert(zone, service, entry.clone()) {
+        plan.effects.push(Effect::EndLease(replaced));
+    }
+    if let Some(ttl) = instance.ttl {
+        plan.effects.push(Effect::StartLease {
+            entry: entry.clone(),
+            length: Duration::from_secs(u64::from(ttl)),
+            at: at.clone(),
+        });
+    }
+    if let Some(connection) = entry.owner {
+        plan.effects.push(Effect::Own(connection, at.clone()));
+        plan.owned.entry(connection).or_default().push(at.clone());
+    }
+    changed(&mut plan.changed_zones, zone);
+    plan.events.push(Event {
+        reason: Reason::Registered,
+        zone: origin,
+        service: service.clone(),
+        id: at.id,
+        entry: Some(entry),
+    });
+    Ok(instance.ttl)
+}
+
+/// Removes an instance from the plan's view; false when it is not registered.
+fn remove(plan: &mut Plan, at: &InstanceRef, reason: Reason) -> bool {
+    let Some(entry) = plan.view.remove(at) else {
+        return false;
+    };
+    plan.effects.push(Effect::EndLease(entry));
+    changed(&mut plan.changed_zones, at.zone);
+    plan.events.push(Event {
+        reason,
+        zone: zone_origin(&plan.view, at.zone),
+        service: at.service.clone(),
+        id: at.id.clone(),
+        entry: None,
+    });
+    true
+}
+
+/// An instance as the store keeps it, with `health` and its lease's deadline.
+fn stored_instance(
+    view: &View,
+    at: &InstanceRef,
+    entry: &Entry,
+    health: Health,
+    now: Instant,
+) -> StoredInstance {
+    StoredInstance {
+        registration: Registration {
+            zone: zone_origin(view, at.zone).to_string(),
+            service: at.service.clone(),
+            instance: entry.instance.clone(),
+        },
+        health,
+        lease_deadline_unix_ms: wall_deadline(view, entry, now),
+    }
+}
+
+/// When an entry's lease ends, on the wall clock.
+fn wall_deadline(view: &View, entry: &Entry, now: Instant) -> Option<u64> {
+    let left = entry.lease.expires_in(view.epoch(), now)?;
+    Some(unix_ms(SystemTime::now()) + (left * 1000.0) as u64)
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+fn key_of(view: &View, at: &InstanceRef) -> InstanceKey {
+    InstanceKey {
+        zone: zone_origin(view, at.zone).to_string(),
+        service: at.service.clone(),
+        id: at.id.clone(),
+    }
+}
+
+fn zone_origin(view: &View, zone: usize) -> Arc<str> {
+    view.zone(zone)
+        .map(|zone| zone.origin().clone())
+        .unwrap_or_else(|| Arc::from(""))
+}
+
+fn changed(zones: &mut Vec<usize>, zone: usize) {
+    if !zones.contains(&zone) {
+        zones.push(zone);
     }
 }
 

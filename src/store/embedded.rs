@@ -1,0 +1,273 @@
+//! The embedded store (`data_dir`): redb, a maintained, crash-safe embedded database,
+//! in one file, `registry.redb`. Each batch is one write transaction committed with
+//! immediate durability (fsync), so what `apply` returned is on disk.
+//!
+//! A failed write (disk full, I/O error) leaves redb refusing further writes until the
+//! file is opened again, so the store closes it and reopens it at the next batch: once
+//! the disk is back, writes work again without a restart.
+//!
+//! redb reuses the pages that deleted records free, so churn does not grow the file
+//! without bound (`bench/churn --data-dir` measures it); nothing has to stop for a
+//! compaction.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
+};
+use tracing::{info, warn};
+
+use super::{Change, Loaded, Store, StoreError, StoredInstance};
+use crate::registry::InstanceKey;
+
+/// Instance key (`zone\0service\0id`) to its JSON record.
+const INSTANCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("instances");
+/// Instance key to its lease deadline, milliseconds since the Unix epoch.
+const LEASES: TableDefinition<&[u8], u64> = TableDefinition::new("leases");
+/// `revision`, `serial`, `format`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Version of the layout above; a file of another version is refused, not misread.
+const FORMAT: u64 = 1;
+/// The file in `data_dir`.
+pub const FILE_NAME: &str = "registry.redb";
+
+pub struct EmbeddedStore {
+    path: PathBuf,
+    /// `None` after a failed write, until it is reopened.
+    database: Option<Database>,
+    revision: u64,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `data_dir`. Refuses a file that another process
+    /// holds, that is damaged beyond redb's repair, or of another format.
+    pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Unusable(format!("data_dir {}: {e}", data_dir.display())))?;
+        let path = data_dir.join(FILE_NAME);
+        let database = open_database(&path)?;
+        let mut store = EmbeddedStore {
+            path,
+            database: Some(database),
+            revision: 0,
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the format on a new file; refuses a file of another format.
+    fn check_format(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let damaged = |e: &dyn std::fmt::Display| {
+            StoreError::Unusable(format!("{} is damaged: {e}", path.display()))
+        };
+        let database = self.database()?;
+        let write = database.begin_write().map_err(|e| damaged(&e))?;
+        {
+            let mut meta = write.open_table(META).map_err(|e| damaged(&e))?;
+            let format = meta
+                .get("format")
+                .map_err(|e| damaged(&e))?
+                .map(|v| v.value());
+            match format {
+                Some(FORMAT) => {}
+                None => {
+                    meta.insert("format", FORMAT).map_err(|e| damaged(&e))?;
+                }
+                Some(other) => {
+                    return Err(StoreError::Unusable(format!(
+                        "{} has store format {other}; this svcdns reads format {FORMAT}",
+                        path.display()
+                    )))
+                }
+            }
+            self.revision = meta
+                .get("revision")
+                .map_err(|e| damaged(&e))?
+                .map_or(0, |v| v.value());
+            write.open_table(INSTANCES).map_err(|e| damaged(&e))?;
+            write.open_table(LEASES).map_err(|e| damaged(&e))?;
+        }
+        write.commit().map_err(|e| damaged(&e))?;
+        Ok(())
+    }
+
+    /// The open database, reopening it after a failed write.
+    fn database(&mut self) -> Result<&Database, StoreError> {
+        if self.database.is_none() {
+            let database = open_database(&self.path).map_err(|e| match e {
+                StoreError::Unusable(message) | StoreError::Unavailable(message) => {
+                    StoreError::Unavailable(message)
+                }
+            })?;
+            info!(path = %self.path.display(), "the store is writable again");
+            self.database = Some(database);
+        }
+        self.database
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable(format!("{} is closed", self.path.display())))
+    }
+
+    fn write(&mut self, changes: &[Change]) -> Result<u64, redb::Error> {
+        let revision = self.revision + 1;
+        let Some(database) = self.database.as_ref() else {
+            return Err(redb::Error::DatabaseClosed);
+        };
+        let write = database.begin_write()?;
+        {
+            let mut instances = write.open_table(INSTANCES)?;
+            let mut leases = write.open_table(LEASES)?;
+            let mut meta = write.open_table(META)?;
+            for change in changes {
+                match change {
+                    Change::Put(stored) => {
+                        let key = encode_key(&stored.key());
+                        instances.insert(key.as_slice(), stored.to_json().as_slice())?;
+                        match stored.lease_deadline_unix_ms {
+                            Some(deadline) => {
+                                leases.insert(key.as_slice(), deadline)?;
+                            }
+                            None => {
+                                leases.remove(key.as_slice())?;
+                            }
+                        }
+                    }
+                    Change::Delete(key) => {
+                        let key = encode_key(key);
+                        instances.remove(key.as_slice())?;
+                        leases.remove(key.as_slice())?;
+                    }
+                    Change::Lease {
+                        key,
+                        deadline_unix_ms,
+                    } => {
+                        let key = encode_key(key);
+                        // Only for an instance still stored: a checkpoint may trail a
+                        // deregistration.
+                        if instances.get(key.as_slice())?.is_some() {
+                            leases.insert(key.as_slice(), *deadline_unix_ms)?;
+                        }
+                    }
+                    Change::Serial(serial) => {
+                        let stored = meta.get("serial")?.map_or(0, |v| v.value());
+                        meta.insert("serial", stored.max(u64::from(*serial)))?;
+                    }
+                }
+            }
+            meta.insert("revision", revision)?;
+        }
+        write.commit()?;
+        Ok(revision)
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        let started = Instant::now();
+        let path = self.path.clone();
+        let damaged = |e: &dyn std::fmt::Display| {
+            StoreError::Unusable(format!("{} is damaged: {e}", path.display()))
+        };
+        let database = self.database()?;
+        let read = database.begin_read().map_err(|e| damaged(&e))?;
+        let instances = read.open_table(INSTANCES).map_err(|e| damaged(&e))?;
+        let leases = read.open_table(LEASES).map_err(|e| damaged(&e))?;
+        let meta = read.open_table(META).map_err(|e| damaged(&e))?;
+        let mut loaded = Loaded {
+            serial: meta
+                .get("serial")
+                .map_err(|e| damaged(&e))?
+                .and_then(|v| u32::try_from(v.value()).ok()),
+            ..Loaded::default()
+        };
+        for row in instances.iter().map_err(|e| damaged(&e))? {
+            let (key, value) = row.map_err(|e| damaged(&e))?;
+            let deadline = leases
+                .get(key.value())
+                .map_err(|e| damaged(&e))?
+                .map(|v| v.value());
+            match StoredInstance::from_json(value.value(), deadline) {
+                Ok(stored) => loaded.instances.push(stored),
+                Err(problem) => loaded.unreadable.push(format!(
+                    "{}: {problem}",
+                    String::from_utf8_lossy(key.value()).replace('\0', "/")
+                )),
+            }
+        }
+        info!(
+            path = %self.path.display(),
+            instances = loaded.instances.len(),
+            seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+            "read the store"
+        );
+        Ok(loaded)
+    }
+
+    fn apply(&mut self, changes: &[Change]) -> Result<u64, StoreError> {
+        if changes.is_empty() {
+            return Ok(self.revision);
+        }
+        self.database()?;
+        match self.write(changes) {
+            Ok(revision) => {
+                self.revision = revision;
+                Ok(revision)
+            }
+            Err(e) => {
+                // redb takes no more writes after an I/O error until it is reopened.
+                self.database = None;
+                warn!(path = %self.path.display(), error = %e, "the store could not commit a batch");
+                Err(StoreError::Unavailable(format!(
+                    "{} cannot be written: {e}",
+                    self.path.display()
+                )))
+            }
+        }
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        format!("redb at {}", self.path.display())
+    }
+}
+
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let shown = path.display().to_string();
+    let mut builder = Database::builder();
+    let repairing = shown.clone();
+    builder.set_repair_callback(move |session| {
+        if session.progress() == 0.0 {
+            warn!(path = %repairing, "the store was not closed cleanly; redb is checking and repairing it");
+        }
+    });
+    builder.create(path).map_err(|e| match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Unusable(format!(
+            "{shown} is in use by another process (another svcdns on the same data_dir?)"
+        )),
+        DatabaseError::Storage(StorageError::Io(io)) => {
+            StoreError::Unusable(format!("{shown}: {io}"))
+        }
+        other => StoreError::Unusable(format!("{shown} is damaged and cannot be opened: {other}")),
+    })
+}
+
+/// `zone\0service\0id`: labels and zone names never contain NUL.
+fn encode_key(key: &InstanceKey) -> Vec<u8> {
+    let mut bytes =
+        Vec::with_capacity(key.zone.len() + key.service.as_str().len() + key.id.as_str().len() + 2);
+    bytes.extend_from_slice(key.zone.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(key.service.as_str().as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(key.id.as_str().as_bytes());
+    bytes
+}

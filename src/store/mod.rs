@@ -1,0 +1,170 @@
+//! Where the registry's state outlives the process (DESIGN §5-6).
+//!
+//! The registry's writer owns a [`Store`]. It hands each batch's changes to
+//! [`Store::apply`] and acknowledges the batch only once that returns, so an
+//! acknowledged change survives a crash. At start, [`Store::load`] gives back what was
+//! committed, before DNS answers. The registry view and the DNS side never see which
+//! store runs.
+//!
+//! What is stored: every registered instance except ephemeral ones (they live with a
+//! connection, which a restart closes) and static ones (they come from the zone files,
+//! read again at every start). Also stored: their health marks, their lease deadlines
+//! as wall-clock times, and the highest SOA serial published, so serials never go
+//! backwards across a restart.
+//!
+//! Lease renewals are not written one by one: the writer checkpoints the deadlines of
+//! renewed leases every few seconds. A restart gives every lease its remaining time
+//! plus one full TTL of grace, which covers the checkpoint lag, so a restart never
+//! expires live services en masse (etcd does the same after a leader change).
+//!
+//! Stores that must follow other writers (etcd) will add `watch(from revision)`; the
+//! two here are each the only writer of their data.
+
+pub mod embedded;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::registry::spec::registration_from_json;
+use crate::registry::{Health, InstanceJson, InstanceKey, Registration};
+
+/// One change in a batch, in order.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// An instance registered, replaced or marked.
+    Put(StoredInstance),
+    /// An instance gone (deregistered, expired, replaced by one that is not stored).
+    Delete(InstanceKey),
+    /// A renewed lease's new deadline (a checkpoint).
+    Lease {
+        key: InstanceKey,
+        deadline_unix_ms: u64,
+    },
+    /// The highest SOA serial published so far.
+    Serial(u32),
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredInstance {
+    pub registration: Registration,
+    pub health: Health,
+    /// When its lease ends, in milliseconds since the Unix epoch; `None` without one.
+    pub lease_deadline_unix_ms: Option<u64>,
+}
+
+/// Everything a store holds.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub instances: Vec<StoredInstance>,
+    /// The highest SOA serial ever published, if any was stored.
+    pub serial: Option<u32>,
+    /// Records that could not be read back; they are left out and logged.
+    pub unreadable: Vec<String>,
+}
+
+/// Why a store cannot take or give data. The message names the file.
+#[derive(Debug, Clone, Error)]
+pub enum StoreError {
+    /// The store cannot be opened at all: damaged, locked by another process, or of
+    /// an unknown format. svcdns does not start on it.
+    #[error("{0}")]
+    Unusable(String),
+    /// A write failed (disk full, I/O error, read-only file system); it may work again
+    /// later, and the store retries.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A durable home for the registry.
+pub trait Store: Send {
+    /// Everything committed so far.
+    fn load(&mut self) -> Result<Loaded, StoreError>;
+
+    /// Commits `changes` as one atomic batch, durably before it returns. Returns the
+    /// store's revision after it.
+    fn apply(&mut self, changes: &[Change]) -> Result<u64, StoreError>;
+
+    /// Whether anything outlives the process; the writer skips the work of preparing
+    /// changes for a store that keeps nothing.
+    fn is_durable(&self) -> bool;
+
+    /// Where the data lives, for logs.
+    fn describe(&self) -> String;
+}
+
+/// The default: nothing survives the process.
+#[derive(Default)]
+pub struct MemoryStore {
+    revision: u64,
+}
+
+impl Store for MemoryStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        Ok(Loaded::default())
+    }
+
+    fn apply(&mut self, _changes: &[Change]) -> Result<u64, StoreError> {
+        self.revision += 1;
+        Ok(self.revision)
+    }
+
+    fn is_durable(&self) -> bool {
+        false
+    }
+
+    fn describe(&self) -> String {
+        "memory only (no data_dir): registrations do not survive a restart".to_string()
+    }
+}
+
+impl StoredInstance {
+    /// The stored form: the registration as a `register` request would carry it, plus
+    /// its health. Read back with the same parser as requests, so a stored record is
+    /// checked exactly as a new registration is.
+    pub fn to_json(&self) -> Vec<u8> {
+        let registration = &self.registration;
+        let json = InstanceJson {
+            zone: &registration.zone,
+            service: &registration.service,
+            instance: &registration.instance,
+            health: self.health,
+            expires_in: None,
+        };
+        serde_json::to_vec(&json).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8], lease_deadline_unix_ms: Option<u64>) -> Result<Self, String> {
+        let object: Map<String, Value> =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a JSON object: {e}"))?;
+        let health = match object.get("health").and_then(Value::as_str) {
+            None => Health::Healthy,
+            Some(text) => Health::parse(text).map_err(|e| e.to_string())?,
+        };
+        let zone = object
+            .get("zone")
+            .and_then(Value::as_str)
+            .ok_or("no zone")?
+            .to_string();
+        let registration =
+            registration_from_json(&object, &zone, &["health"]).map_err(|e| e.to_string())?;
+        Ok(StoredInstance {
+            registration,
+            health,
+            lease_deadline_unix_ms: lease_deadline_unix_ms
+                .filter(|_| registration_has_lease(&object)),
+        })
+    }
+
+    pub fn key(&self) -> InstanceKey {
+        InstanceKey {
+            zone: self.registration.zone.clone(),
+            service: self.registration.service.clone(),
+            id: self.registration.instance.id.clone(),
+        }
+    }
+}
+
+fn registration_has_lease(object: &Map<String, Value>) -> bool {
+    object.get("ttl").is_some_and(|ttl| !ttl.is_null())
+}
