@@ -11,7 +11,7 @@
 //! compaction.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::{Change, Loaded, Store, StoreError, StoredInstance};
 use crate::registry::InstanceKey;
+use crate::throttle::LogThrottle;
 
 /// Instance key (`zone\0service\0id`) to its JSON record.
 const INSTANCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("instances");
@@ -38,7 +39,15 @@ pub struct EmbeddedStore {
     /// `None` after a failed write, until it is reopened.
     database: Option<Database>,
     revision: u64,
+    /// While closed: the error that closed it, and when to try reopening. Reopening
+    /// makes redb check the whole file, so it is not tried at every batch.
+    failure: Option<(String, Instant)>,
 }
+
+/// Time between attempts to reopen the store after a failed write.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// At most one warning about failed commits per this interval.
+const WARNING_INTERVAL: u64 = 10;
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `data_dir`. Refuses a file that another process
@@ -52,6 +61,7 @@ impl EmbeddedStore {
             path,
             database: Some(database),
             revision: 0,
+            failure: None,
         };
         store.check_format()?;
         Ok(store)
@@ -98,16 +108,25 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    /// The open database, reopening it after a failed write.
+    /// The open database, reopening it after a failed write (at most once per
+    /// [`REOPEN_INTERVAL`]; until then the failure is repeated).
     fn database(&mut self) -> Result<&Database, StoreError> {
         if self.database.is_none() {
-            let database = open_database(&self.path).map_err(|e| match e {
-                StoreError::Unusable(message) | StoreError::Unavailable(message) => {
-                    StoreError::Unavailable(message)
+            if let Some((error, retry_at)) = &self.failure {
+                if Instant::now() < *retry_at {
+                    return Err(StoreError::Unavailable(error.clone()));
                 }
-            })?;
+            }
+            let database = match open_database(&self.path) {
+                Ok(database) => database,
+                Err(StoreError::Unusable(message) | StoreError::Unavailable(message)) => {
+                    self.failure = Some((message.clone(), Instant::now() + REOPEN_INTERVAL));
+                    return Err(StoreError::Unavailable(message));
+                }
+            };
             info!(path = %self.path.display(), "the store is writable again");
             self.database = Some(database);
+            self.failure = None;
         }
         self.database
             .as_ref()
@@ -222,11 +241,18 @@ impl Store for EmbeddedStore {
             Err(e) => {
                 // redb takes no more writes after an I/O error until it is reopened.
                 self.database = None;
-                warn!(path = %self.path.display(), error = %e, "the store could not commit a batch");
-                Err(StoreError::Unavailable(format!(
-                    "{} cannot be written: {e}",
-                    self.path.display()
-                )))
+                let message = format!("{} cannot be written: {e}", self.path.display());
+                self.failure = Some((message.clone(), Instant::now() + REOPEN_INTERVAL));
+                static THROTTLE: LogThrottle = LogThrottle::new(WARNING_INTERVAL);
+                if let Some(suppressed) = THROTTLE.admit() {
+                    warn!(
+                        path = %self.path.display(),
+                        error = %e,
+                        similar_since_last_warning = suppressed,
+                        "the store could not commit a batch: its changes are refused (store_unavailable) until it can"
+                    );
+                }
+                Err(StoreError::Unavailable(message))
             }
         }
     }
@@ -253,10 +279,20 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         DatabaseError::DatabaseAlreadyOpen => StoreError::Unusable(format!(
             "{shown} is in use by another process (another svcdns on the same data_dir?)"
         )),
+        // A file shorter than its own header says: cut off, not merely unreadable.
+        DatabaseError::Storage(StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            StoreError::Unusable(format!(
+                "{shown} is damaged (shorter than its contents say): {io}; restore a snapshot (svcdns snapshot restore) or move it away"
+            ))
+        }
         DatabaseError::Storage(StorageError::Io(io)) => {
             StoreError::Unusable(format!("{shown}: {io}"))
         }
-        other => StoreError::Unusable(format!("{shown} is damaged and cannot be opened: {other}")),
+        other => StoreError::Unusable(format!(
+            "{shown} is damaged and cannot be opened: {other}; restore a snapshot (svcdns snapshot restore) or move it away"
+        )),
     })
 }
 

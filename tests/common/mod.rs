@@ -163,6 +163,16 @@ impl Svcdns {
             listen.unwrap_or("127.0.0.1:0")
         );
         std::fs::write(dir.path().join("svcdns.yaml"), config).expect("config");
+        Svcdns::spawn(dir, open_files, netns).map_err(|(stderr, _)| stderr)
+    }
+
+    /// Runs `svcdns serve --config svcdns.yaml` in `dir` and waits for it to be ready;
+    /// if it does not come up, what it printed, and the directory back.
+    fn spawn(
+        dir: tempfile::TempDir,
+        open_files: Option<u32>,
+        netns: Option<&str>,
+    ) -> Result<Svcdns, (String, tempfile::TempDir)> {
         let mut command = match (open_files, netns) {
             // `ip netns exec` runs the command in the same process: the pid is svcdns's.
             (_, Some(netns)) => {
@@ -225,7 +235,7 @@ impl Svcdns {
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(100));
                 let stderr: Vec<String> = err_rx.try_iter().collect();
-                return Err(stderr.join("\n"));
+                return Err((stderr.join("\n"), dir));
             }
         };
         let field = |key: &str| {
@@ -329,6 +339,33 @@ impl Svcdns {
                 panic!("svcdns did not exit within {WAIT:?} of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would: no cleanup at all.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again (killing it first if it runs) in the same directory
+    /// with the same configuration, as a supervisor would; the server's error output
+    /// if it does not come up (it can then be restarted again).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill9();
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        let dir = std::mem::replace(&mut self.dir, placeholder);
+        match Svcdns::spawn(dir, None, None) {
+            Ok(started) => {
+                *self = started;
+                Ok(())
+            }
+            Err((stderr, dir)) => {
+                self.dir = dir;
+                Err(stderr)
+            }
         }
     }
 
