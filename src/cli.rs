@@ -1,13 +1,17 @@
 //! The client subcommands: each builds a protocol request, sends it, and prints the
 //! outcome for a person (or JSON for a script).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};
 use svcdns::client::{Connection, Endpoint, ServerError};
+use svcdns::config::Config;
 use svcdns::stop::StopSignals;
+use svcdns::store::embedded::EmbeddedStore;
+use svcdns::store::{StoreError, StoredInstance, BACKUP_FORMAT};
 
 use crate::ConnectArgs;
 
@@ -359,4 +363,125 @@ pub async fn watch(endpoint: &Endpoint, service: Option<String>) -> Result<()> {
     // A watch never ends on its own: the server went away, and whoever reads our
     // output must not take the silence for "no more changes".
     bail!("the server closed the watch (stopped or restarted?): changes are no longer followed")
+}
+
+#[derive(clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Write every stored instance of a running server to FILE (JSON lines)
+    Save {
+        /// Where to write the backup; replaced atomically
+        file: PathBuf,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Replace the store in a data_dir with a backup; the server must be stopped
+    Restore {
+        /// A file written by `svcdns snapshot save`
+        file: PathBuf,
+        /// The data_dir to restore into
+        #[arg(long, conflicts_with = "config")]
+        data_dir: Option<PathBuf>,
+        /// Take the data_dir from this configuration file
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The first line of a backup file.
+fn backup_header(serial: &Value, count: usize) -> Value {
+    json!({"svcdns_snapshot": BACKUP_FORMAT, "serial": serial, "instances": count})
+}
+
+pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
+    match command {
+        SnapshotCommand::Save { file, connect } => save(&file, &connect).await,
+        SnapshotCommand::Restore {
+            file,
+            data_dir,
+            config,
+        } => {
+            let data_dir = match (data_dir, config) {
+                (Some(dir), _) => dir,
+                (None, Some(config)) => Config::load(&config)?.data_dir.with_context(|| {
+                    format!("{} sets no data_dir to restore into", config.display())
+                })?,
+                (None, None) => bail!("say where to restore: --data-dir DIR or --config FILE"),
+            };
+            restore(&file, &data_dir)
+        }
+    }
+}
+
+async fn save(file: &Path, connect: &ConnectArgs) -> Result<()> {
+    let mut connection = Connection::open(&connect.endpoint()).await?;
+    let reply = connection.request(&json!({"op": "snapshot"})).await?;
+    let instances = reply["instances"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut text = backup_header(&reply["serial"], instances.len()).to_string();
+    text.push('\n');
+    for instance in instances {
+        text.push_str(&instance.to_string());
+        text.push('\n');
+    }
+    // Written beside the target, then renamed over it: a crash leaves the old backup.
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, file).with_context(|| format!("writing {}", file.display()))?;
+    println!("saved {} instances to {}", instances.len(), file.display());
+    Ok(())
+}
+
+fn restore(file: &Path, data_dir: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut lines = text.lines().enumerate();
+    let header: Value = lines
+        .next()
+        .and_then(|(_, line)| serde_json::from_str(line).ok())
+        .with_context(|| {
+            format!(
+                "{}: not a backup written by svcdns snapshot save",
+                file.display()
+            )
+        })?;
+    if header["svcdns_snapshot"] != json!(BACKUP_FORMAT) {
+        bail!(
+            "{}:1: backup format {} is not {BACKUP_FORMAT}",
+            file.display(),
+            header["svcdns_snapshot"]
+        );
+    }
+    let mut instances = Vec::new();
+    for (index, line) in lines.filter(|(_, line)| !line.trim().is_empty()) {
+        let stored = StoredInstance::from_backup_line(line)
+            .map_err(|problem| anyhow::anyhow!("{}:{}: {problem}", file.display(), index + 1))?;
+        instances.push(stored);
+    }
+    if header["instances"].as_u64() != Some(instances.len() as u64) {
+        bail!(
+            "{}: the header says {} instances but the file has {}: cut short?",
+            file.display(),
+            header["instances"],
+            instances.len()
+        );
+    }
+    let serial = header["serial"]
+        .as_u64()
+        .and_then(|s| u32::try_from(s).ok());
+    let mut store = EmbeddedStore::open(data_dir).map_err(|e| match e {
+        StoreError::Unusable(message) if message.contains("in use") => anyhow::anyhow!(
+            "a server is running on {}: stop it before restoring ({message})",
+            data_dir.display()
+        ),
+        other => anyhow::anyhow!(other),
+    })?;
+    store.replace_all(&instances, serial)?;
+    println!(
+        "restored {} instances into {}",
+        instances.len(),
+        store.path().display()
+    );
+    Ok(())
 }

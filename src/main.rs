@@ -47,6 +47,9 @@ enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Back up a running server's registrations, or restore a backup into a data_dir
+    #[command(subcommand)]
+    Snapshot(cli::SnapshotCommand),
     /// Print the current instances, then every change, as JSON lines
     Watch {
         /// Only changes to this service
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
                 connect,
             } => cli::list(&connect.endpoint(), service, json).await,
             Command::Watch { service, connect } => cli::watch(&connect.endpoint(), service).await,
+            Command::Snapshot(command) => cli::snapshot(command).await,
         }
     });
     match result {

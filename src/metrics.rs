@@ -81,13 +81,14 @@ const LATENCY_BOUNDS_NS: [u64; 18] = [
 const LATENCY_SLOTS: usize = LATENCY_BOUNDS_NS.len() + 1;
 
 /// Registration ops counted by name; a line with no valid op counts as `none`.
-const OPS: [&str; 7] = [
+const OPS: [&str; 8] = [
     "register",
     "renew",
     "deregister",
     "mark",
     "list",
     "watch",
+    "snapshot",
     "none",
 ];
 

@@ -357,3 +357,107 @@ fn is_root() -> bool {
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
+
+/// Runs the `svcdns` command in the server's directory: success, and what it printed.
+fn svcdns(server: &Svcdns, args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .current_dir(server.dir.path())
+        .output()
+        .expect("run svcdns");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
+}
+
+#[test]
+fn a_snapshot_saved_from_a_running_server_restores_into_a_stopped_one() {
+    let mut server = durable();
+    server.register(json!({"op": "register", "service": "web", "id": "leased",
+        "addresses": ["10.0.0.1"], "port": 80, "ttl": 100, "tags": ["v1"], "meta": {"k": "v"}}));
+    server.register(json!({"op": "register", "service": "web", "id": "critical",
+        "addresses": ["10.0.0.2"], "port": 80}));
+    server
+        .connect()
+        .send(&json!({"op": "mark", "service": "web", "id": "critical", "health": "critical"}));
+    let mut sidecar = server.connect();
+    sidecar.send(
+        &json!({"op": "register", "service": "web", "id": "ephemeral",
+        "addresses": ["10.0.0.3"], "port": 80, "ephemeral": true}),
+    );
+    let serial_saved = serial(&server);
+
+    let (ok, printed) = svcdns(&server, &["snapshot", "save", "backup.jsonl"]);
+    assert!(ok && printed.contains("saved 2 instances"), "{printed}");
+    server
+        .connect()
+        .send(&json!({"op": "deregister", "service": "web", "id": "leased"}));
+
+    let (ok, printed) = svcdns(
+        &server,
+        &[
+            "snapshot",
+            "restore",
+            "backup.jsonl",
+            "--config",
+            "svcdns.yaml",
+        ],
+    );
+    assert!(!ok, "restore must refuse while the server runs: {printed}");
+    assert!(printed.contains("a server is running"), "{printed}");
+
+    server.terminate();
+    let (ok, printed) = svcdns(
+        &server,
+        &[
+            "snapshot",
+            "restore",
+            "backup.jsonl",
+            "--config",
+            "svcdns.yaml",
+        ],
+    );
+    assert!(ok && printed.contains("restored 2 instances"), "{printed}");
+    server.restart().expect("starts on the restored store");
+    assert_eq!(
+        listed_ids(&server),
+        BTreeSet::from(["web/critical".to_string(), "web/leased".to_string()])
+    );
+    let list = server
+        .connect()
+        .send(&json!({"op": "list", "service": "web"}));
+    assert_eq!(list["instances"][0]["health"], "critical", "{list}");
+    assert_eq!(list["instances"][1]["tags"], json!(["v1"]), "{list}");
+    assert!(
+        list["instances"][1]["expires_in"].as_f64().unwrap_or(0.0) > 100.0,
+        "{list}"
+    );
+    assert!(resolves(&server, "web", "leased"));
+    assert!(
+        serial(&server) > serial_saved,
+        "the serial does not go backwards"
+    );
+
+    // A damaged backup is refused with its line, and the store is left alone.
+    let backup = std::fs::read_to_string(server.dir.path().join("backup.jsonl")).unwrap();
+    std::fs::write(
+        server.dir.path().join("bad.jsonl"),
+        backup.replace("10.0.0.1", "not-an-address"),
+    )
+    .unwrap();
+    server.terminate();
+    let (ok, printed) = svcdns(
+        &server,
+        &["snapshot", "restore", "bad.jsonl", "--data-dir", "data"],
+    );
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("bad.jsonl:") && printed.contains("not-an-address"),
+        "{printed}"
+    );
+    server.restart().expect("restarts");
+    assert_eq!(listed_ids(&server).len(), 2);
+}

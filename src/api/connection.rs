@@ -125,6 +125,11 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                         .await;
                 out.write_all(&line).await?;
             }
+            PendingReply::Snapshot => {
+                let snapshot = shared.registry.snapshot();
+                let line = off_thread(move || protocol::snapshot_line(&snapshot)).await;
+                out.write_all(&line).await?;
+            }
             PendingReply::Watch(filter) => {
                 return stream_events(shared, &mut out, filter, reading_done).await;
             }

@@ -8,9 +8,10 @@ use serde_json::{json, Map, Value};
 use crate::metrics;
 use crate::registry::spec::{key_from_json, mark_from_json, registration_from_json};
 use crate::registry::{
-    listing, ConnectionId, Health, InstanceJson, InstanceKey, Label, LabelKind, Pending, Registry,
-    RegistryError, View,
+    listing, stored_instances, ConnectionId, Health, InstanceJson, InstanceKey, Label, LabelKind,
+    Pending, Registry, RegistryError, View,
 };
+use crate::store::{StoredInstance, BACKUP_FORMAT};
 
 /// The reply to one request line, or what it waits for. Replies go out in the order of
 /// their requests, so a connection may pipeline many requests and read the replies later.
@@ -28,6 +29,8 @@ pub enum PendingReply {
     List(Option<Label>),
     /// `watch`: the connection turns into a stream of change events.
     Watch(Option<Label>),
+    /// `snapshot`: every stored instance, for a backup.
+    Snapshot,
 }
 
 pub enum Ack {
@@ -146,6 +149,15 @@ pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -
                 Err(e) => PendingReply::Ready(error_reply(Some("list"), e)),
             }
         }
+        "snapshot" => {
+            return match object.keys().find(|k| *k != "op") {
+                Some(key) => PendingReply::Ready(error_reply(
+                    Some("snapshot"),
+                    RegistryError::UnknownField(key.clone()).into(),
+                )),
+                None => PendingReply::Snapshot,
+            }
+        }
         "watch" => {
             return match service_filter(&object) {
                 Ok(filter) => PendingReply::Watch(filter),
@@ -158,7 +170,7 @@ pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -
                 ProtocolError {
                     code: "unknown_op",
                     message: format!(
-                        "op {op:?} is not one of register, renew, deregister, mark, list, watch"
+                        "op {op:?} is not one of register, renew, deregister, mark, list, watch, snapshot"
                     ),
                 },
             ))
@@ -229,6 +241,28 @@ pub fn listing_line(op: &str, snapshot: &View, filter: Option<&Label>) -> Vec<u8
         );
         failed.to_string().into_bytes()
     });
+    line.push(b'\n');
+    line
+}
+
+/// The `snapshot` reply: `{"ok":true,"op":"snapshot","format":1,"serial":…,
+/// "instances":[…]}` with every stored instance of `view` (not ephemeral, not static)
+/// and its lease deadline, as one line with its newline.
+pub fn snapshot_line(view: &View) -> Vec<u8> {
+    let instances: Vec<Value> = stored_instances(view)
+        .iter()
+        .map(StoredInstance::to_backup)
+        .collect();
+    let zones: Vec<usize> = (0..view.zones().len()).collect();
+    let reply = json!({
+        "ok": true,
+        "op": "snapshot",
+        "format": BACKUP_FORMAT,
+        "serial": view.max_serial(&zones),
+        "instances": instances,
+    });
+    metrics::request_succeeded("snapshot");
+    let mut line = reply.to_string().into_bytes();
     line.push(b'\n');
     line
 }

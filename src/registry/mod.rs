@@ -37,7 +37,7 @@ pub use watch::{Event, Reason, WatchItem, WatchStream};
 pub use writer::Subscription;
 use writer::{Command, Writer};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoredInstance};
 
 /// Decides whether an instance's DNS names can exist in its zone. Implemented by the
 /// DNS side, which knows the zone's static records and name lengths.
@@ -384,4 +384,57 @@ pub fn listing<'a>(view: &'a View, service: Option<&str>) -> Vec<InstanceJson<'a
         }
     }
     rows
+}
+
+/// Every stored instance of a snapshot (neither ephemeral nor static), as a backup
+/// (`svcdns snapshot save`) keeps them.
+pub fn stored_instances(view: &View) -> Vec<StoredInstance> {
+    let now = Instant::now();
+    let mut stored = Vec::new();
+    for (index, zone) in view.zones().iter().enumerate() {
+        for name in zone.service_names() {
+            for (service, entry, health) in zone.instances_of(name.as_str()) {
+                if !entry.stored {
+                    continue;
+                }
+                let at = InstanceRef {
+                    zone: index,
+                    service: service.clone(),
+                    id: entry.id().clone(),
+                };
+                stored.push(stored_instance(view, &at, entry, health, now));
+            }
+        }
+    }
+    stored
+}
+
+/// An instance as the store keeps it, with `health` and its lease's deadline.
+pub(crate) fn stored_instance(
+    view: &View,
+    at: &InstanceRef,
+    entry: &Entry,
+    health: Health,
+    now: Instant,
+) -> StoredInstance {
+    StoredInstance {
+        registration: Registration {
+            zone: writer::zone_origin(view, at.zone).to_string(),
+            service: at.service.clone(),
+            instance: entry.instance.clone(),
+        },
+        health,
+        lease_deadline_unix_ms: wall_deadline(view, entry, now),
+    }
+}
+
+/// When an entry's lease ends, on the wall clock.
+pub(crate) fn wall_deadline(view: &View, entry: &Entry, now: Instant) -> Option<u64> {
+    let left = entry.lease.expires_in(view.epoch(), now)?;
+    Some(unix_ms(SystemTime::now()) + (left * 1000.0) as u64)
+}
+
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }

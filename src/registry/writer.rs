@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
@@ -29,6 +29,7 @@ use super::leases::Leases;
 use super::model::{Health, Label, Registration};
 use super::view::{Entry, InstanceRef, View, ZoneSettings};
 use super::watch::{Event, Reason, WatchStream, Watchers};
+use super::{stored_instance, unix_ms, wall_deadline};
 use super::{Admission, ConnectionId, InstanceKey, RegistryError};
 use crate::metrics;
 use crate::store::{Change, Loaded, Store, StoredInstance};
@@ -705,37 +706,7 @@ fn remove(plan: &mut Plan, at: &InstanceRef, reason: Reason) -> bool {
     true
 }
 
-/// An instance as the store keeps it, with `health` and its lease's deadline.
-fn stored_instance(
-    view: &View,
-    at: &InstanceRef,
-    entry: &Entry,
-    health: Health,
-    now: Instant,
-) -> StoredInstance {
-    StoredInstance {
-        registration: Registration {
-            zone: zone_origin(view, at.zone).to_string(),
-            service: at.service.clone(),
-            instance: entry.instance.clone(),
-        },
-        health,
-        lease_deadline_unix_ms: wall_deadline(view, entry, now),
-    }
-}
-
-/// When an entry's lease ends, on the wall clock.
-fn wall_deadline(view: &View, entry: &Entry, now: Instant) -> Option<u64> {
-    let left = entry.lease.expires_in(view.epoch(), now)?;
-    Some(unix_ms(SystemTime::now()) + (left * 1000.0) as u64)
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
-}
-
-fn key_of(view: &View, at: &InstanceRef) -> InstanceKey {
+pub(super) fn key_of(view: &View, at: &InstanceRef) -> InstanceKey {
     InstanceKey {
         zone: zone_origin(view, at.zone).to_string(),
         service: at.service.clone(),
@@ -743,7 +714,7 @@ fn key_of(view: &View, at: &InstanceRef) -> InstanceKey {
     }
 }
 
-fn zone_origin(view: &View, zone: usize) -> Arc<str> {
+pub(super) fn zone_origin(view: &View, zone: usize) -> Arc<str> {
     view.zone(zone)
         .map(|zone| zone.origin().clone())
         .unwrap_or_else(|| Arc::from(""))

@@ -133,12 +133,33 @@ impl EmbeddedStore {
             .ok_or_else(|| StoreError::Unavailable(format!("{} is closed", self.path.display())))
     }
 
-    fn write(&mut self, changes: &[Change]) -> Result<u64, redb::Error> {
+    /// Replaces everything stored with `instances` (a backup being restored), in one
+    /// commit. The serial kept is the higher of the two, so it never goes backwards.
+    pub fn replace_all(
+        &mut self,
+        instances: &[StoredInstance],
+        serial: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let mut changes: Vec<Change> = instances.iter().cloned().map(Change::Put).collect();
+        changes.extend(serial.map(Change::Serial));
+        self.database()?;
+        self.revision = self.write(&changes, true).map_err(|e| {
+            StoreError::Unavailable(format!("{} cannot be written: {e}", self.path.display()))
+        })?;
+        Ok(())
+    }
+
+    /// One transaction: `changes`, after emptying the instances when `clear`.
+    fn write(&mut self, changes: &[Change], clear: bool) -> Result<u64, redb::Error> {
         let revision = self.revision + 1;
         let Some(database) = self.database.as_ref() else {
             return Err(redb::Error::DatabaseClosed);
         };
         let write = database.begin_write()?;
+        if clear {
+            write.delete_table(INSTANCES)?;
+            write.delete_table(LEASES)?;
+        }
         {
             let mut instances = write.open_table(INSTANCES)?;
             let mut leases = write.open_table(LEASES)?;
@@ -233,7 +254,7 @@ impl Store for EmbeddedStore {
             return Ok(self.revision);
         }
         self.database()?;
-        match self.write(changes) {
+        match self.write(changes, false) {
             Ok(revision) => {
                 self.revision = revision;
                 Ok(revision)

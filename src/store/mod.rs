@@ -28,6 +28,12 @@ use thiserror::Error;
 use crate::registry::spec::registration_from_json;
 use crate::registry::{Health, InstanceJson, InstanceKey, Registration};
 
+/// Version of the backup format (`svcdns snapshot save`).
+pub const BACKUP_FORMAT: u64 = 1;
+
+/// The field of a backup line that carries the lease deadline.
+const BACKUP_DEADLINE: &str = "lease_deadline_unix_ms";
+
 /// One change in a batch, in order.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -137,6 +143,37 @@ impl StoredInstance {
     pub fn from_json(bytes: &[u8], lease_deadline_unix_ms: Option<u64>) -> Result<Self, String> {
         let object: Map<String, Value> =
             serde_json::from_slice(bytes).map_err(|e| format!("not a JSON object: {e}"))?;
+        StoredInstance::from_object(&object, lease_deadline_unix_ms)
+    }
+
+    /// A backup's record: the stored form with `lease_deadline_unix_ms`.
+    pub fn to_backup(&self) -> Value {
+        let mut object: Map<String, Value> =
+            serde_json::from_slice(&self.to_json()).unwrap_or_default();
+        if let Some(deadline) = self.lease_deadline_unix_ms {
+            object.insert(BACKUP_DEADLINE.into(), Value::from(deadline));
+        }
+        Value::Object(object)
+    }
+
+    pub fn from_backup_line(line: &str) -> Result<Self, String> {
+        let mut object: Map<String, Value> =
+            serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+        let deadline = match object.remove(BACKUP_DEADLINE) {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(
+                value
+                    .as_u64()
+                    .ok_or_else(|| format!("{BACKUP_DEADLINE} {value} is not a time"))?,
+            ),
+        };
+        StoredInstance::from_object(&object, deadline)
+    }
+
+    fn from_object(
+        object: &Map<String, Value>,
+        lease_deadline_unix_ms: Option<u64>,
+    ) -> Result<Self, String> {
         let health = match object.get("health").and_then(Value::as_str) {
             None => Health::Healthy,
             Some(text) => Health::parse(text).map_err(|e| e.to_string())?,
@@ -147,12 +184,12 @@ impl StoredInstance {
             .ok_or("no zone")?
             .to_string();
         let registration =
-            registration_from_json(&object, &zone, &["health"]).map_err(|e| e.to_string())?;
+            registration_from_json(object, &zone, &["health"]).map_err(|e| e.to_string())?;
         Ok(StoredInstance {
             registration,
             health,
             lease_deadline_unix_ms: lease_deadline_unix_ms
-                .filter(|_| registration_has_lease(&object)),
+                .filter(|_| registration_has_lease(object)),
         })
     }
 
