@@ -1,5 +1,5 @@
 //! svcdns benchmarks, each one command, on loopback only, bounded in time, printing a
-//! table: `registrations`, `scale`, `churn`, `dns`. Run through `bench/<name>` at the
+//! table: `registrations`, `scale`, `churn`, `dns`, `durable`. Run through `bench/<name>` at the
 //! repository root, which builds the release binaries first. `hold --size N` loads the
 //! scale dataset of N instances into a server and keeps it until stdin closes, for
 //! profiling by hand.
@@ -7,6 +7,7 @@
 mod churn;
 mod client;
 mod dns;
+mod durable;
 mod peers;
 mod registrations;
 mod scale;
@@ -21,9 +22,10 @@ fn main() -> ExitCode {
         Some("scale") => scale::run(&args[1..]),
         Some("churn") => churn::run(&args[1..]),
         Some("dns") => peers::run(&args[1..]),
+        Some("durable") => durable::run(&args[1..]),
         Some("hold") => scale::hold(&args[1..]),
         _ => {
-            eprintln!("usage: svcdns-bench registrations|scale|churn|dns|hold [options]");
+            eprintln!("usage: svcdns-bench registrations|scale|churn|dns|durable|hold [options]");
             return ExitCode::FAILURE;
         }
     }

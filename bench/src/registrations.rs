@@ -14,12 +14,19 @@ use crate::{ms, option, quantile, Table};
 
 pub fn run(args: &[String]) {
     let count: usize = option(args, "--count", 200_000);
+    // `--data-dir`: also with the durable store, each batch committed (fsync) before
+    // its acknowledgements.
+    let mut stores = vec![("memory", "")];
+    if args.iter().any(|arg| arg == "--data-dir") {
+        stores.push(("redb (data_dir)", "data_dir: data\n"));
+    }
     let table = Table::new(
         &format!(
             "Acknowledged registrations ({count} instances, 10 per service, pipelined {} deep)",
             client::WINDOW
         ),
         &[
+            "store",
             "connections",
             "seconds",
             "registrations/s",
@@ -28,33 +35,10 @@ pub fn run(args: &[String]) {
             "refused",
         ],
     );
-    for connections in [1, 8] {
-        let server = Server::start(&format!("registrations-{connections}"), "");
-        let lines = (0..count)
-            .map(|i| {
-                let (service, instance) = (i / 10, i % 10);
-                client::register(
-                    &format!("svc{service}"),
-                    &format!("i{instance}"),
-                    address(i),
-                    8080,
-                    "",
-                )
-            })
-            .collect();
-        let started = Instant::now();
-        let mut acks = pipeline_parallel(&server.unix, lines, connections);
-        let seconds = started.elapsed().as_secs_f64();
-        acks.check("registrations");
-        acks.latencies_us.sort_unstable();
-        table.row(&[
-            connections.to_string(),
-            format!("{seconds:.2}"),
-            format!("{:.0}", count as f64 / seconds),
-            ms(quantile(&acks.latencies_us, 0.5)),
-            ms(quantile(&acks.latencies_us, 0.99)),
-            acks.refused.to_string(),
-        ]);
+    for (store, extra) in stores {
+        for connections in [1, 8] {
+            registrations(&table, count, store, extra, connections);
+        }
     }
 
     // Ack-to-visible: one registration at a time into a small service; as soon as the
@@ -136,4 +120,35 @@ fn ack_to_visible(rounds: usize, run: usize) -> Visible {
 pub fn address(i: usize) -> Ipv4Addr {
     let n = i as u32 + 1;
     Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8)
+}
+
+/// One row: `count` registrations over `connections` pipelined connections.
+fn registrations(table: &Table, count: usize, store: &str, extra: &str, connections: usize) {
+    let server = Server::start(&format!("registrations-{connections}"), extra);
+    let lines = (0..count)
+        .map(|i| {
+            let (service, instance) = (i / 10, i % 10);
+            client::register(
+                &format!("svc{service}"),
+                &format!("i{instance}"),
+                address(i),
+                8080,
+                "",
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let mut acks = pipeline_parallel(&server.unix, lines, connections);
+    let seconds = started.elapsed().as_secs_f64();
+    acks.check("registrations");
+    acks.latencies_us.sort_unstable();
+    table.row(&[
+        store.to_string(),
+        connections.to_string(),
+        format!("{seconds:.2}"),
+        format!("{:.0}", count as f64 / seconds),
+        ms(quantile(&acks.latencies_us, 0.5)),
+        ms(quantile(&acks.latencies_us, 0.99)),
+        acks.refused.to_string(),
+    ]);
 }

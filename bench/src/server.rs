@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub struct Server {
     child: Child,
-    dir: PathBuf,
+    pub dir: PathBuf,
     pub dns: SocketAddr,
     pub unix: PathBuf,
 }
@@ -18,11 +18,6 @@ pub struct Server {
 impl Server {
     /// Starts svcdns with `extra` appended to its configuration (top-level keys).
     pub fn start(name: &str, extra: &str) -> Server {
-        let binary = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("svcdns")))
-            .filter(|path| path.exists())
-            .expect("the svcdns release binary next to svcdns-bench (cargo build --release)");
         let dir = std::env::temp_dir().join(format!("svcdns-bench-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("bench directory");
@@ -30,11 +25,40 @@ impl Server {
             "dns:\n  listen: [\"127.0.0.1:0\"]\nregistration:\n  unix: svcdns.sock\n  tcp: null\n  max_connections: 4096\nzones_dir: zones\n{extra}"
         );
         std::fs::write(dir.join("svcdns.yaml"), config).expect("config");
-        let log = std::fs::File::create(dir.join("svcdns.log")).expect("log file");
+        Server::spawn(dir)
+    }
+
+    /// Stops the server (SIGTERM, as a supervisor does), starts it again in the same
+    /// directory, and returns how long it took from the start to being ready.
+    pub fn restart(&mut self) -> Duration {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let started = std::time::Instant::now();
+        let dir = std::mem::take(&mut self.dir);
+        let restarted = Server::spawn(dir);
+        let took = started.elapsed();
+        // The old value has no directory left to remove, and its process has exited.
+        drop(std::mem::replace(self, restarted));
+        took
+    }
+
+    fn spawn(dir: PathBuf) -> Server {
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("svcdns")))
+            .filter(|path| path.exists())
+            .expect("the svcdns release binary next to svcdns-bench (cargo build --release)");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("svcdns.log"))
+            .expect("log file");
         let mut child = Command::new(binary)
             .args(["serve", "--config", "svcdns.yaml"])
             .current_dir(&dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,svcdns::registry=info,svcdns::store=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -50,7 +74,7 @@ impl Server {
             }
         });
         let line = ready_rx
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(Duration::from_secs(120))
             .unwrap_or_else(|_| {
                 panic!(
                     "svcdns did not start; see {}",

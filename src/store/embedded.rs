@@ -31,6 +31,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Version of the layout above; a file of another version is refused, not misread.
 const FORMAT: u64 = 1;
+/// redb's page cache.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// The file in `data_dir`.
 pub const FILE_NAME: &str = "registry.redb";
 
@@ -226,18 +228,65 @@ impl Store for EmbeddedStore {
                 .and_then(|v| u32::try_from(v.value()).ok()),
             ..Loaded::default()
         };
+        // Both tables are sorted by the same key: one pass over each, merged.
+        let mut deadlines = leases.iter().map_err(|e| damaged(&e))?.peekable();
+        let mut rows: Vec<(Vec<u8>, Vec<u8>, Option<u64>)> = Vec::new();
         for row in instances.iter().map_err(|e| damaged(&e))? {
             let (key, value) = row.map_err(|e| damaged(&e))?;
-            let deadline = leases
-                .get(key.value())
-                .map_err(|e| damaged(&e))?
-                .map(|v| v.value());
-            match StoredInstance::from_json(value.value(), deadline) {
+            let key = key.value();
+            let mut deadline = None;
+            while let Some(lease) = deadlines.peek() {
+                let (lease_key, lease_deadline) = match lease {
+                    Ok((k, v)) => (k.value(), v.value()),
+                    Err(e) => return Err(damaged(e)),
+                };
+                match lease_key.cmp(key) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => deadline = Some(lease_deadline),
+                    std::cmp::Ordering::Greater => break,
+                }
+                deadlines.next();
+            }
+            rows.push((key.to_vec(), value.value().to_vec(), deadline));
+        }
+        // Decoding checks every record as a new registration would be: the costly
+        // part, spread over the cores.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = rows.len().div_ceil(threads).max(1);
+        let decoded: Vec<Vec<Result<StoredInstance, String>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = rows
+                .chunks(chunk)
+                .map(|rows| {
+                    scope.spawn(move || {
+                        rows.iter()
+                            .map(|(key, value, deadline)| {
+                                StoredInstance::from_json(value, *deadline).map_err(|problem| {
+                                    format!(
+                                        "{}: {problem}",
+                                        String::from_utf8_lossy(key).replace('\0', "/")
+                                    )
+                                })
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| {
+                    // A decoder that panicked lost its records: not a silent gap.
+                    worker.join().unwrap_or_else(|_| {
+                        vec![Err("decoding these records failed (a bug)".to_string())]
+                    })
+                })
+                .collect()
+        });
+        loaded.instances.reserve(rows.len());
+        drop(rows);
+        for result in decoded.into_iter().flatten() {
+            match result {
                 Ok(stored) => loaded.instances.push(stored),
-                Err(problem) => loaded.unreadable.push(format!(
-                    "{}: {problem}",
-                    String::from_utf8_lossy(key.value()).replace('\0', "/")
-                )),
+                Err(problem) => loaded.unreadable.push(problem),
             }
         }
         info!(
@@ -290,6 +339,9 @@ impl Store for EmbeddedStore {
 fn open_database(path: &Path) -> Result<Database, StoreError> {
     let shown = path.display().to_string();
     let mut builder = Database::builder();
+    // The store is read once, at start, and then only written: redb's default cache
+    // (1 GiB) would be resident memory for nothing.
+    builder.set_cache_size(CACHE_BYTES);
     let repairing = shown.clone();
     builder.set_repair_callback(move |session| {
         if session.progress() == 0.0 {

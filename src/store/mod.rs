@@ -205,3 +205,49 @@ impl StoredInstance {
 fn registration_has_lease(object: &Map<String, Value>) -> bool {
     object.get("ttl").is_some_and(|ttl| !ttl.is_null())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn stored(lease: Option<u64>) -> StoredInstance {
+        let request = json!({"zone": "svc.internal.", "service": "web", "id": "web-1",
+            "addresses": ["10.0.0.1", "fd00::1"], "port": 8080, "proto": "udp", "priority": 3,
+            "weight": 7, "tags": ["v2", "canary"], "meta": {"version": "2.1"},
+            "dns_ttl": 9, "ttl": lease.map(|_| 30)});
+        let Value::Object(object) = request else {
+            unreachable!()
+        };
+        StoredInstance {
+            registration: registration_from_json(&object, "svc.internal.", &[]).unwrap(),
+            health: Health::Critical,
+            lease_deadline_unix_ms: lease,
+        }
+    }
+
+    #[test]
+    fn stored_records_and_backup_lines_read_back_as_written() {
+        for lease in [None, Some(1_795_000_000_000)] {
+            let original = stored(lease);
+            let record = StoredInstance::from_json(&original.to_json(), lease).unwrap();
+            assert_eq!(record, original);
+            let line = original.to_backup().to_string();
+            assert_eq!(StoredInstance::from_backup_line(&line).unwrap(), original);
+        }
+        // A lease deadline for an instance without a lease is not one.
+        let permanent = stored(None);
+        let record = StoredInstance::from_json(&permanent.to_json(), Some(5)).unwrap();
+        assert_eq!(record.lease_deadline_unix_ms, None);
+    }
+
+    #[test]
+    fn damaged_records_are_refused_with_the_reason() {
+        let problem = StoredInstance::from_json(b"{\"zone\":\"svc.internal.\",\"service\":\"web\",\"id\":\"x\",\"addresses\":[\"nope\"],\"port\":1}", None)
+            .unwrap_err();
+        assert!(problem.contains("nope"), "{problem}");
+        assert!(StoredInstance::from_json(b"[1]", None).is_err());
+        assert!(StoredInstance::from_backup_line("{\"lease_deadline_unix_ms\":\"soon\"}").is_err());
+    }
+}
