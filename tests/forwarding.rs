@@ -165,12 +165,22 @@ fn upstreams_can_come_from_a_resolv_conf() {
 
 #[test]
 fn svcdns_is_never_its_own_upstream() {
-    // The test harness listens on a free port; name a fixed one and forward to it.
-    let listen = closed_port();
-    let server = Svcdns::listening_on(
-        &listen.to_string(),
-        &format!("forward:\n  upstreams: [\"{listen}\"]\n"),
-    );
+    // The test harness listens on a free port; name a fixed one and forward to it. A
+    // port found free can be taken by another test's server before ours binds it: then
+    // try another.
+    let server = (0..5)
+        .find_map(|_| {
+            let listen = closed_port();
+            match Svcdns::try_listening_on(
+                &listen.to_string(),
+                &format!("forward:\n  upstreams: [\"{listen}\"]\n"),
+            ) {
+                Ok(server) => Some(server),
+                Err(stderr) if stderr.contains("Address already in use") => None,
+                Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
+            }
+        })
+        .expect("a free port within five tries");
     let logs = server.logs_until("forwarding to ourselves would loop");
     assert!(
         logs.contains("forwarding to ourselves would loop"),

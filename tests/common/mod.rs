@@ -109,17 +109,14 @@ impl Svcdns {
         })
     }
 
-    /// Starts svcdns with DNS on `listen` (a fixed address) and extra configuration.
-    pub fn listening_on(listen: &str, extra_config: &str) -> Svcdns {
-        let launch = Launch {
+    /// Starts svcdns with DNS on `listen` (a fixed address) and extra configuration;
+    /// the server's error output if it does not start.
+    pub fn try_listening_on(listen: &str, extra_config: &str) -> Result<Svcdns, String> {
+        Svcdns::launch(Launch {
             extra_config,
             listen: Some(listen),
             ..Launch::default()
-        };
-        match Svcdns::launch(launch) {
-            Ok(server) => server,
-            Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
-        }
+        })
     }
 
     /// Starts svcdns inside the network namespace `netns` (`ip netns exec`), with DNS on
