@@ -185,6 +185,11 @@ impl StoredInstance {
             .to_string();
         let registration =
             registration_from_json(object, &zone, &["health"]).map_err(|e| e.to_string())?;
+        // An ephemeral instance lives with a connection; one read back would have none
+        // and never go away.
+        if registration.instance.ephemeral {
+            return Err("an ephemeral instance cannot be stored".to_string());
+        }
         Ok(StoredInstance {
             registration,
             health,
@@ -248,6 +253,9 @@ mod tests {
             .unwrap_err();
         assert!(problem.contains("nope"), "{problem}");
         assert!(StoredInstance::from_json(b"[1]", None).is_err());
+        let ephemeral = StoredInstance::from_json(b"{\"zone\":\"svc.internal.\",\"service\":\"web\",\"id\":\"x\",\"addresses\":[\"10.0.0.1\"],\"port\":1,\"ephemeral\":true}", None)
+            .unwrap_err();
+        assert!(ephemeral.contains("ephemeral"), "{ephemeral}");
         assert!(StoredInstance::from_backup_line("{\"lease_deadline_unix_ms\":\"soon\"}").is_err());
     }
 }
