@@ -8,18 +8,25 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
-/// Where the registration API listens.
+/// Where the registration API listens, and the token to present there.
 #[derive(Debug, Clone)]
-pub enum Endpoint {
+pub struct Endpoint {
+    pub address: Address,
+    /// Sent as `{"op":"auth"}` first on every connection, when the server wants one.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Address {
     Unix(PathBuf),
     Tcp(String),
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Unix(path) => write!(f, "{}", path.display()),
-            Endpoint::Tcp(address) => write!(f, "tcp {address}"),
+        match &self.address {
+            Address::Unix(path) => write!(f, "{}", path.display()),
+            Address::Tcp(address) => write!(f, "tcp {address}"),
         }
     }
 }
@@ -43,9 +50,10 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Connects, and authenticates when the endpoint has a token.
     pub async fn open(endpoint: &Endpoint) -> Result<Connection> {
-        let (reader, writer): (BoxedRead, BoxedWrite) = match endpoint {
-            Endpoint::Unix(path) => {
+        let (reader, writer): (BoxedRead, BoxedWrite) = match &endpoint.address {
+            Address::Unix(path) => {
                 let stream = UnixStream::connect(path).await.with_context(|| {
                     format!(
                         "cannot connect to svcdns at {} (is `svcdns serve` running here?)",
@@ -55,7 +63,7 @@ impl Connection {
                 let (r, w) = stream.into_split();
                 (Box::new(r), Box::new(w))
             }
-            Endpoint::Tcp(address) => {
+            Address::Tcp(address) => {
                 let stream = TcpStream::connect(address)
                     .await
                     .with_context(|| format!("cannot connect to svcdns at {address}"))?;
@@ -63,12 +71,19 @@ impl Connection {
                 (Box::new(r), Box::new(w))
             }
         };
-        Ok(Connection {
+        let mut connection = Connection {
             reader: BufReader::new(reader),
             writer,
             line: String::new(),
             endpoint: endpoint.clone(),
-        })
+        };
+        if let Some(token) = &endpoint.token {
+            connection
+                .request(&serde_json::json!({"op": "auth", "token": token}))
+                .await
+                .context("authenticating with the token given")?;
+        }
+        Ok(connection)
     }
 
     /// Sends one request and returns its reply, or the server's refusal as a
@@ -83,11 +98,11 @@ impl Connection {
         self.writer.flush().await?;
         match self.next_message().await? {
             Some(reply) => check(reply),
-            None => match &self.endpoint {
-                Endpoint::Tcp(address) => bail!(
+            None => match &self.endpoint.address {
+                Address::Tcp(address) => bail!(
                     "{address} closed the connection without a reply: is it svcdns's registration port (registration.tcp, default 127.0.0.1:8054) and not its DNS port?"
                 ),
-                Endpoint::Unix(_) => bail!("the server closed the connection without a reply"),
+                Address::Unix(_) => bail!("the server closed the connection without a reply"),
             },
         }
     }

@@ -103,11 +103,20 @@ pub struct DnsConfig {
 pub struct RegistrationConfig {
     /// Unix socket path; `null` disables it.
     pub unix: Option<PathBuf>,
-    /// Loopback TCP address; `null` disables it.
+    /// The Unix socket's mode, in octal (`"0660"`).
+    pub unix_mode: String,
+    /// The Unix socket's owner and group (names or numbers); unset: svcdns's own.
+    pub unix_owner: Option<String>,
+    pub unix_group: Option<String>,
+    /// TCP address; `null` disables it. Off loopback it needs `tokens_file`.
     pub tcp: Option<SocketAddr>,
+    /// When set, connections authenticate with a token from this file first.
     pub tokens_file: Option<PathBuf>,
-    /// Most registration connections served at once.
+    /// Most registration connections served at once (Unix and TCP together).
     pub max_connections: usize,
+    /// Seconds after which a connection with no request, no ephemeral instance and no
+    /// watch is closed.
+    pub idle_timeout: u64,
 }
 
 /// Where names outside our zones are resolved.
@@ -172,10 +181,29 @@ impl Default for RegistrationConfig {
     fn default() -> Self {
         RegistrationConfig {
             unix: Some(PathBuf::from("svcdns.sock")),
+            unix_mode: "0660".to_string(),
+            unix_owner: None,
+            unix_group: None,
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 8054))),
             tokens_file: None,
             max_connections: 1024,
+            idle_timeout: 60,
         }
+    }
+}
+
+impl RegistrationConfig {
+    /// `unix_mode` as permission bits.
+    pub fn socket_mode(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.unix_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                format!(
+                    "registration.unix_mode {:?} is not an octal mode such as \"0660\"",
+                    self.unix_mode
+                )
+            })
     }
 }
 
@@ -234,14 +262,16 @@ impl Config {
         if self.registration.max_connections == 0 {
             return Err("registration.max_connections must be at least 1".into());
         }
-        let unsupported = [(
-            self.registration.tokens_file.is_some(),
-            "registration.tokens_file",
-        )];
-        if let Some((_, key)) = unsupported.iter().find(|(set, _)| *set) {
-            return Err(format!(
-                "{key} is not supported by this version of svcdns yet; remove it"
-            ));
+        if self.registration.idle_timeout == 0 {
+            return Err("registration.idle_timeout must be at least 1 second".into());
+        }
+        self.registration.socket_mode()?;
+        if let Some(address) = self.registration.tcp {
+            if !address.ip().is_loopback() && self.registration.tokens_file.is_none() {
+                return Err(format!(
+                    "registration.tcp {address} is reachable from other hosts, and without registration.tokens_file anyone there could register or remove any service: set a tokens_file, or listen on loopback"
+                ));
+            }
         }
         Ok(())
     }

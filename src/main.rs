@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use svcdns::client::{Endpoint, ServerError};
+use svcdns::client::{Address, Endpoint, ServerError};
 use svcdns::config::Config;
 
 #[derive(Parser)]
@@ -68,13 +68,19 @@ pub struct ConnectArgs {
     /// Use the registration TCP port at this address instead of the Unix socket
     #[arg(long, value_name = "ADDR", global = true)]
     tcp: Option<String>,
+    /// Token to authenticate with, when the server has registration.tokens_file
+    #[arg(long, env = "SVCDNS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
 }
 
 impl ConnectArgs {
     pub fn endpoint(&self) -> Endpoint {
-        match &self.tcp {
-            Some(address) => Endpoint::Tcp(address.clone()),
-            None => Endpoint::Unix(self.socket.clone()),
+        Endpoint {
+            address: match &self.tcp {
+                Some(address) => Address::Tcp(address.clone()),
+                None => Address::Unix(self.socket.clone()),
+            },
+            token: self.token.clone(),
         }
     }
 }

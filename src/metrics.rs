@@ -81,7 +81,7 @@ const LATENCY_BOUNDS_NS: [u64; 18] = [
 const LATENCY_SLOTS: usize = LATENCY_BOUNDS_NS.len() + 1;
 
 /// Registration ops counted by name; a line with no valid op counts as `none`.
-const OPS: [&str; 8] = [
+const OPS: [&str; 10] = [
     "register",
     "renew",
     "deregister",
@@ -89,6 +89,8 @@ const OPS: [&str; 8] = [
     "list",
     "watch",
     "snapshot",
+    "auth",
+    "ping",
     "none",
 ];
 
@@ -143,6 +145,7 @@ struct Counters {
     dropped_catalog_busy: AtomicU64,
     dropped_panics: AtomicU64,
     tcp_refused: AtomicU64,
+    registration_refused: AtomicU64,
     forwarded: AtomicU64,
     forward_failures: AtomicU64,
     /// Registration requests by op: answered ok, refused.
@@ -164,6 +167,7 @@ fn counters() -> &'static Counters {
         dropped_catalog_busy: AtomicU64::new(0),
         dropped_panics: AtomicU64::new(0),
         tcp_refused: AtomicU64::new(0),
+        registration_refused: AtomicU64::new(0),
         forwarded: AtomicU64::new(0),
         forward_failures: AtomicU64::new(0),
         requests_ok: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -311,6 +315,13 @@ pub fn dropped_catalog_busy() {
 /// A query dropped because answering it panicked (a bug).
 pub fn dropped_panic() {
     counters().dropped_panics.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A registration connection closed on accept: `registration.max_connections` reached.
+pub fn registration_refused() {
+    counters()
+        .registration_refused
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 /// A DNS-over-TCP connection closed on accept: `dns.tcp_max_connections` reached.
@@ -511,6 +522,12 @@ impl Collector for Snapshot {
             "svcdns_dns_tcp_refused_connections",
             "DNS-over-TCP connections closed on accept: dns.tcp_max_connections reached",
             load(&counters.tcp_refused),
+        )?;
+        counter(
+            &mut encoder,
+            "svcdns_registration_refused_connections",
+            "Registration connections closed on accept with too_many_connections: registration.max_connections reached",
+            load(&counters.registration_refused),
         )?;
         counter(
             &mut encoder,

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::api::RegistrationServer;
+use crate::api::{RegistrationServer, RegistrationSettings};
 use crate::config::Config;
 use crate::dns::front::{Fallback, Responder};
 use crate::dns::server::{DnsServer, DnsSettings};
@@ -33,6 +33,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let mut stop = StopSignals::install()?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let built = Built::new(&config, None)?;
+    // Read now, so that a bad tokens file stops the start before anything listens.
+    let registration_settings = RegistrationSettings::from_config(&config.registration)?;
     let store: Box<dyn Store> = match &config.data_dir {
         Some(data_dir) => Box::new(EmbeddedStore::open(data_dir)?),
         None => Box::new(MemoryStore::default()),
@@ -76,13 +78,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     };
     raise_open_files_limit();
     let dns = DnsServer::start(&dns_settings, responder.clone(), fallback.clone()).await?;
-    let registration = RegistrationServer::start(
-        registry.clone(),
-        config.registration.unix.as_deref(),
-        config.registration.tcp,
-        config.registration.max_connections,
-    )
-    .await?;
+    let registration = RegistrationServer::start(registry.clone(), registration_settings).await?;
 
     let origins: Vec<String> = built.specs.iter().map(|s| s.origin.to_string()).collect();
     info!(zones = ?origins, "serving");

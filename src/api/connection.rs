@@ -9,13 +9,15 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use super::protocol::{self, handle_line, too_large, PendingReply};
+use super::auth::Tokens;
+use super::protocol::{self, handle_line, too_large, PendingReply, Session};
 use crate::registry::{Label, Registry, WatchItem};
 
 /// Longest request line accepted. A registration is a few hundred bytes; 64 KiB leaves
@@ -25,24 +27,34 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Requests a connection may have in flight before its replies are read.
 pub const PIPELINE_DEPTH: usize = 256;
 
+/// Longest a reply may wait for the client to take it. A client that stops reading
+/// (a watcher with a full buffer, a pipeliner that never reads) is disconnected
+/// rather than holding a task, a connection slot and the shutdown forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What every connection shares.
 pub struct Shared {
     pub registry: Registry,
     pub next_connection: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+    /// Connections that hold no ephemeral instance and no watch close after this long
+    /// without a request.
+    pub idle_timeout: Duration,
+    /// Set when `registration.tokens_file` is: connections must authenticate.
+    pub tokens: Option<Arc<Tokens>>,
 }
 
-/// Serves one connection until the client closes it or the server shuts down; then
-/// releases the ephemeral instances it registered.
+/// Serves one connection until the client closes it, goes idle, stops taking replies,
+/// or the server shuts down; then releases the ephemeral instances it registered.
 pub async fn serve<S: AsyncRead + AsyncWrite>(shared: Arc<Shared>, stream: S) {
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     debug!(connection, "registration connection opened");
     let (read, write) = tokio::io::split(stream);
     let (queue, pending) = mpsc::channel(PIPELINE_DEPTH);
     let (reading_done, reading_done_rx) = watch::channel(false);
-    let mut registered = false;
+    let mut session = Session::new(connection, shared.tokens.clone());
     let reading = async {
-        let result = read_requests(&shared, connection, read, queue, &mut registered).await;
+        let result = read_requests(&shared, &mut session, read, queue).await;
         let _ = reading_done.send(true);
         result
     };
@@ -54,44 +66,77 @@ pub async fn serve<S: AsyncRead + AsyncWrite>(shared: Arc<Shared>, stream: S) {
     {
         debug!(connection, %error, "registration connection ended with an error");
     }
-    if registered {
+    if session.registered {
         shared.registry.release_connection(connection);
     }
 }
 
 /// Reads request lines and queues their pending replies, until the client closes its
-/// side, the replying half stops, or the server shuts down. After a `watch`, lines are
-/// read and ignored: that is how the end of a watcher is noticed. Sets `registered`
-/// once a registration was queued (the connection's ephemeral instances then need
-/// releasing, whether or not their replies could be written).
+/// side, goes idle, the replying half stops, or the server shuts down. After a
+/// `watch`, lines are read and ignored: that is how the end of a watcher is noticed.
 async fn read_requests<R: AsyncRead + Unpin>(
     shared: &Shared,
-    connection: u64,
+    session: &mut Session,
     read: R,
     queue: mpsc::Sender<PendingReply>,
-    registered: &mut bool,
 ) -> io::Result<()> {
     let mut lines = LineReader::new(read, MAX_LINE);
     let mut shutdown = shared.shutdown.clone();
     let mut watching = false;
     loop {
+        // A connection that holds ephemeral instances or a watch lives as long as its
+        // client: its end is noticed by EOF (and TCP keepalive), not by silence.
+        let idle_limit = (!watching && !session.holds_ephemeral).then_some(shared.idle_timeout);
         let line = tokio::select! {
             line = lines.next() => line?,
+            _ = sleep_or_never(idle_limit) => {
+                let reply = protocol::idle_timeout(shared.idle_timeout);
+                let _ = queue.send(PendingReply::Ready(reply)).await;
+                return Ok(());
+            }
             _ = queue.closed() => return Ok(()),
-            _ = shutdown.changed() => return Ok(()),
+            _ = stopping(&mut shutdown) => return Ok(()),
         };
         let pending = match line {
             Line::End => return Ok(()),
             _ if watching => continue,
             Line::TooLong => PendingReply::Ready(too_large(MAX_LINE)),
             Line::Complete(text) if text.trim_ascii().is_empty() => continue,
-            Line::Complete(text) => handle_line(&shared.registry, connection, text.trim_ascii()),
+            Line::Complete(text) => handle_line(&shared.registry, session, text.trim_ascii()),
         };
         watching = matches!(pending, PendingReply::Watch(_));
-        *registered |= matches!(pending, PendingReply::Change { op: "register", .. });
-        if queue.send(pending).await.is_err() {
-            return Ok(());
+        tokio::select! {
+            sent = queue.send(pending) => if sent.is_err() { return Ok(()) },
+            _ = stopping(&mut shutdown) => return Ok(()),
         }
+    }
+}
+
+/// Resolves once `flag` is (or already was) set.
+async fn stopping(flag: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, never held across an await.
+    let _ = flag.wait_for(|set| *set).await.map(|_| ());
+}
+
+/// Sleeps for `limit`, or forever when there is none.
+async fn sleep_or_never(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one write to the client, failing it after [`WRITE_TIMEOUT`] or as soon as the
+/// server shuts down.
+async fn bounded<T>(
+    shutdown: &mut watch::Receiver<bool>,
+    write: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::select! {
+        result = tokio::time::timeout(WRITE_TIMEOUT, write) => result.map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, "the client did not take its replies")
+        })?,
+        _ = stopping(shutdown) => Err(io::Error::other("shutting down")),
     }
 }
 
@@ -107,76 +152,78 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     loop {
         let next = tokio::select! {
             next = pending.recv() => next,
-            _ = shutdown.changed() => return Ok(()),
+            _ = stopping(&mut shutdown) => return Ok(()),
         };
         let Some(next) = next else {
-            return out.flush().await;
+            return bounded(&mut shutdown, out.flush()).await;
         };
-        match next {
-            PendingReply::Ready(reply) => write_json(&mut out, &reply).await?,
+        let line = match next {
+            PendingReply::Ready(reply) => json_line(&reply)?,
             PendingReply::Change { op, key, ack } => {
-                let reply = protocol::change_reply(op, key, ack).await;
-                write_json(&mut out, &reply).await?;
+                let reply = tokio::select! {
+                    reply = protocol::change_reply(op, key, ack) => reply,
+                    _ = stopping(&mut shutdown) => return Ok(()),
+                };
+                json_line(&reply)?
             }
             PendingReply::List(filter) => {
                 let snapshot = shared.registry.snapshot();
-                let line =
-                    off_thread(move || protocol::listing_line("list", &snapshot, filter.as_ref()))
-                        .await;
-                out.write_all(&line).await?;
+                off_thread(move || protocol::listing_line("list", &snapshot, filter.as_ref())).await
             }
             PendingReply::Snapshot => {
                 let snapshot = shared.registry.snapshot();
-                let line = off_thread(move || protocol::snapshot_line(&snapshot)).await;
-                out.write_all(&line).await?;
+                off_thread(move || protocol::snapshot_line(&snapshot)).await
             }
             PendingReply::Watch(filter) => {
                 return stream_events(shared, &mut out, filter, reading_done).await;
             }
-        }
+        };
+        bounded(&mut shutdown, out.write_all(&line)).await?;
         if pending.is_empty() {
-            out.flush().await?;
+            bounded(&mut shutdown, out.flush()).await?;
         }
     }
 }
 
-/// Sends the current instances, then every change, until the client goes away, the
-/// watcher lags, or the server shuts down.
+/// Sends the current instances, then every change, until the client goes away, stops
+/// reading, the watcher lags, or the server shuts down.
 async fn stream_events<W: AsyncWrite + Unpin>(
     shared: &Shared,
     out: &mut W,
     filter: Option<Label>,
     mut reading_done: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let mut shutdown = shared.shutdown.clone();
     let mut subscription = match shared.registry.watch(filter.clone()).await {
         Ok(subscription) => subscription,
         Err(_) => {
-            write_json(out, &protocol::unavailable("watch")).await?;
-            return out.flush().await;
+            let line = json_line(&protocol::unavailable("watch"))?;
+            bounded(&mut shutdown, out.write_all(&line)).await?;
+            return bounded(&mut shutdown, out.flush()).await;
         }
     };
     let snapshot = subscription.snapshot.clone();
     let first =
         off_thread(move || protocol::listing_line("watch", &snapshot, filter.as_ref())).await;
-    out.write_all(&first).await?;
-    out.flush().await?;
-    let mut shutdown = shared.shutdown.clone();
+    bounded(&mut shutdown, out.write_all(&first)).await?;
+    bounded(&mut shutdown, out.flush()).await?;
     loop {
         let item = tokio::select! {
             item = subscription.events.next() => item,
-            _ = reading_done.wait_for(|done| *done) => return Ok(()),
-            _ = shutdown.changed() => return Ok(()),
+            _ = stopping(&mut reading_done) => return Ok(()),
+            _ = stopping(&mut shutdown) => return Ok(()),
         };
         match item {
             WatchItem::Event(line) => {
-                out.write_all(line.as_bytes()).await?;
-                out.flush().await?;
+                bounded(&mut shutdown, out.write_all(line.as_bytes())).await?;
+                bounded(&mut shutdown, out.flush()).await?;
             }
             WatchItem::Lagged => {
-                write_json(out, &protocol::watch_lagged()).await?;
-                return out.flush().await;
+                let line = json_line(&protocol::watch_lagged())?;
+                bounded(&mut shutdown, out.write_all(&line)).await?;
+                return bounded(&mut shutdown, out.flush()).await;
             }
-            WatchItem::Closed => return out.flush().await,
+            WatchItem::Closed => return bounded(&mut shutdown, out.flush()).await,
         }
     }
 }
@@ -194,10 +241,11 @@ async fn off_thread(work: impl FnOnce() -> Vec<u8> + Send + 'static) -> Vec<u8> 
     }
 }
 
-async fn write_json<W: AsyncWrite + Unpin>(out: &mut W, value: &Value) -> io::Result<()> {
+/// A reply as one line of JSON with its newline.
+fn json_line(value: &Value) -> io::Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    out.write_all(&bytes).await
+    Ok(bytes)
 }
 
 /// One line of input.

@@ -2,9 +2,12 @@
 //! response per line out. This module turns a line into a registry request and an
 //! acknowledgement into a reply; it knows nothing about sockets.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::auth::{Grant, Tokens};
 use crate::metrics;
 use crate::registry::spec::{key_from_json, mark_from_json, registration_from_json};
 use crate::registry::{
@@ -40,6 +43,105 @@ pub enum Ack {
     Marked(Pending<()>, Health),
 }
 
+/// What one connection has established: who it is (when tokens are required) and
+/// what it holds.
+pub struct Session {
+    pub connection: ConnectionId,
+    access: Access,
+    /// It registered instances (its ephemeral ones go when it closes).
+    pub registered: bool,
+    /// It registered ephemeral instances: it is never closed for being idle.
+    pub holds_ephemeral: bool,
+}
+
+enum Access {
+    /// No tokens file: anyone who can reach the socket may write.
+    Open,
+    /// Tokens required, none presented yet.
+    Required(Arc<Tokens>),
+    Granted(Grant),
+}
+
+impl Session {
+    /// A new connection's session; `tokens` when a tokens file is configured.
+    pub fn new(connection: ConnectionId, tokens: Option<Arc<Tokens>>) -> Session {
+        Session {
+            connection,
+            access: match tokens {
+                Some(tokens) => Access::Required(tokens),
+                None => Access::Open,
+            },
+            registered: false,
+            holds_ephemeral: false,
+        }
+    }
+
+    /// `auth`: checks the token; a connection authenticates once.
+    fn authenticate(&mut self, request: &Map<String, Value>) -> Result<Value, ProtocolError> {
+        if let Some(key) = request.keys().find(|k| *k != "op" && *k != "token") {
+            return Err(RegistryError::UnknownField(key.clone()).into());
+        }
+        let token = match request.get("token") {
+            Some(Value::String(token)) => token,
+            _ => {
+                return Err(ProtocolError {
+                    code: "unauthorized",
+                    message: "auth needs a token (a string)".into(),
+                })
+            }
+        };
+        let tokens = match &self.access {
+            Access::Required(tokens) => tokens,
+            Access::Open => {
+                return Ok(json!({"ok": true, "op": "auth", "services": ["*"]}));
+            }
+            Access::Granted(_) => {
+                return Err(ProtocolError {
+                    code: "invalid_request",
+                    message: "this connection is authenticated already".into(),
+                })
+            }
+        };
+        match tokens.check(token) {
+            Some(grant) => {
+                let reply = json!({"ok": true, "op": "auth", "services": grant.patterns()});
+                self.access = Access::Granted(grant);
+                Ok(reply)
+            }
+            None => Err(ProtocolError {
+                code: "unauthorized",
+                message: "unknown token".into(),
+            }),
+        }
+    }
+
+    /// Refuses every request but `auth` and `ping` before authentication.
+    fn check_authenticated(&self) -> Result<(), ProtocolError> {
+        match self.access {
+            Access::Required(_) => Err(ProtocolError {
+                code: "unauthorized",
+                message: "tokens are required here: send {\"op\":\"auth\",\"token\":\"…\"} first"
+                    .into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a change to a service the connection's token does not cover.
+    fn check_may_write(&self, service: &Label) -> Result<(), ProtocolError> {
+        match &self.access {
+            Access::Granted(grant) if !grant.allows(service.as_str()) => Err(ProtocolError {
+                code: "forbidden",
+                message: format!(
+                    "this token may write services {:?}, not {service:?}",
+                    grant.patterns()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A protocol-level refusal (the request never reached the registry).
 struct ProtocolError {
     code: &'static str,
@@ -66,9 +168,9 @@ pub fn too_large(limit: usize) -> Value {
     )
 }
 
-/// Handles one request line (without its newline) from connection `connection`:
+/// Handles one request line (without its newline) from the connection of `session`:
 /// queues what it asks of the registry and says what its reply waits for.
-pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -> PendingReply {
+pub fn handle_line(registry: &Registry, session: &mut Session, line: &[u8]) -> PendingReply {
     let object = match serde_json::from_slice::<Value>(line) {
         Ok(Value::Object(object)) => object,
         Ok(other) => {
@@ -105,44 +207,86 @@ pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -
             return PendingReply::Ready(error_reply(None, RegistryError::MissingField("op").into()))
         }
     };
+    match op {
+        "ping" => {
+            return PendingReply::Ready(match object.keys().find(|k| *k != "op") {
+                Some(key) => error_reply(
+                    Some("ping"),
+                    RegistryError::UnknownField(key.clone()).into(),
+                ),
+                None => {
+                    metrics::request_succeeded("ping");
+                    json!({"ok": true, "op": "ping"})
+                }
+            })
+        }
+        "auth" => {
+            return PendingReply::Ready(match session.authenticate(&object) {
+                Ok(reply) => {
+                    metrics::request_succeeded("auth");
+                    reply
+                }
+                Err(e) => error_reply(Some("auth"), e),
+            })
+        }
+        _ => {
+            if let Err(e) = session.check_authenticated() {
+                return PendingReply::Ready(error_reply(Some(op), e));
+            }
+        }
+    }
     let default_zone = registry.default_zone();
-    let request = match op {
-        "register" => registration_from_json(&object, default_zone, &["op"]).map(|registration| {
-            let key = InstanceKey {
-                zone: registration.zone.clone(),
-                service: registration.service.clone(),
-                id: registration.instance.id.clone(),
-            };
-            PendingReply::Change {
-                op: "register",
-                key,
-                ack: Ack::Lease(registry.register(registration, Some(connection))),
-            }
-        }),
-        "renew" => key_from_json(&object, default_zone, &["op"]).map(|key| {
-            let ack = Ack::Lease(registry.renew(&key));
-            PendingReply::Change {
-                op: "renew",
-                key,
-                ack,
-            }
-        }),
-        "deregister" => key_from_json(&object, default_zone, &["op"]).map(|key| {
-            let ack = Ack::Done(registry.deregister(&key));
-            PendingReply::Change {
-                op: "deregister",
-                key,
-                ack,
-            }
-        }),
-        "mark" => mark_from_json(&object, default_zone, &["op"]).map(|(key, health)| {
-            let ack = Ack::Marked(registry.mark(&key, health), health);
-            PendingReply::Change {
-                op: "mark",
-                key,
-                ack,
-            }
-        }),
+    let request: Result<PendingReply, ProtocolError> = match op {
+        "register" => registration_from_json(&object, default_zone, &["op"])
+            .map_err(ProtocolError::from)
+            .and_then(|registration| {
+                session.check_may_write(&registration.service)?;
+                let key = InstanceKey {
+                    zone: registration.zone.clone(),
+                    service: registration.service.clone(),
+                    id: registration.instance.id.clone(),
+                };
+                session.registered = true;
+                session.holds_ephemeral |= registration.instance.ephemeral;
+                Ok(PendingReply::Change {
+                    op: "register",
+                    key,
+                    ack: Ack::Lease(registry.register(registration, Some(session.connection))),
+                })
+            }),
+        "renew" => key_from_json(&object, default_zone, &["op"])
+            .map_err(ProtocolError::from)
+            .and_then(|key| {
+                session.check_may_write(&key.service)?;
+                let ack = Ack::Lease(registry.renew(&key));
+                Ok(PendingReply::Change {
+                    op: "renew",
+                    key,
+                    ack,
+                })
+            }),
+        "deregister" => key_from_json(&object, default_zone, &["op"])
+            .map_err(ProtocolError::from)
+            .and_then(|key| {
+                session.check_may_write(&key.service)?;
+                let ack = Ack::Done(registry.deregister(&key));
+                Ok(PendingReply::Change {
+                    op: "deregister",
+                    key,
+                    ack,
+                })
+            }),
+        "mark" => mark_from_json(&object, default_zone, &["op"])
+            .map_err(ProtocolError::from)
+            .and_then(|(key, health)| {
+                session.check_may_write(&key.service)?;
+                let ack = Ack::Marked(registry.mark(&key, health), health);
+                Ok(PendingReply::Change {
+                    op: "mark",
+                    key,
+                    ack,
+                })
+            }),
         "list" => {
             return match service_filter(&object) {
                 Ok(filter) => PendingReply::List(filter),
@@ -170,7 +314,7 @@ pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -
                 ProtocolError {
                     code: "unknown_op",
                     message: format!(
-                        "op {op:?} is not one of register, renew, deregister, mark, list, watch, snapshot"
+                        "op {op:?} is not one of register, renew, deregister, mark, list, watch, snapshot, auth, ping"
                     ),
                 },
             ))
@@ -178,7 +322,7 @@ pub fn handle_line(registry: &Registry, connection: ConnectionId, line: &[u8]) -
     };
     match request {
         Ok(pending) => pending,
-        Err(e) => PendingReply::Ready(error_reply(Some(op), e.into())),
+        Err(e) => PendingReply::Ready(error_reply(Some(op), e)),
     }
 }
 
@@ -265,6 +409,33 @@ pub fn snapshot_line(view: &View) -> Vec<u8> {
     let mut line = reply.to_string().into_bytes();
     line.push(b'\n');
     line
+}
+
+/// The last line to a connection closed for being idle.
+pub fn idle_timeout(limit: std::time::Duration) -> Value {
+    error_reply(
+        None,
+        ProtocolError {
+            code: "idle_timeout",
+            message: format!(
+                "closed after {} s without a request (registration.idle_timeout); connections holding ephemeral instances or a watch are kept",
+                limit.as_secs()
+            ),
+        },
+    )
+}
+
+/// The only line to a connection refused because too many are open.
+pub fn too_many_connections(limit: usize) -> Value {
+    error_reply(
+        None,
+        ProtocolError {
+            code: "too_many_connections",
+            message: format!(
+                "the server has {limit} registration connections open (registration.max_connections); try again later"
+            ),
+        },
+    )
 }
 
 /// The reply that ends a watch whose watcher fell too far behind.

@@ -1,0 +1,201 @@
+//! Who may write (`registration.tokens_file`, DESIGN §2): with tokens configured, a
+//! connection's first request is `{"op":"auth","token":"…"}`, and a token may be held
+//! to service-name patterns, so a sidecar can only write its own service.
+//!
+//! The file is a YAML list:
+//! ```yaml
+//! - token: "b7c1…"            # at least 16 characters
+//!   services: ["web", "web-*"]
+//! - token: "9f0e…"
+//!   services: ["*"]           # every service
+//! ```
+//! Tokens are compared in constant time, against every entry, so neither the time
+//! nor the order of entries says how much of a guess was right.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::ConfigError;
+
+/// Shortest token accepted: shorter ones can be guessed.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// The tokens of a tokens file.
+#[derive(Debug)]
+pub struct Tokens {
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    token: Vec<u8>,
+    grant: Grant,
+}
+
+/// What an authenticated connection may write: services matching one of its patterns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    patterns: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    token: String,
+    services: Vec<String>,
+}
+
+impl Tokens {
+    /// Reads and checks a tokens file; errors name the file and, where known, the line.
+    pub fn load(path: &Path) -> Result<Tokens, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        let entries: Vec<EntryFile> = if text.trim().is_empty() {
+            Vec::new()
+        } else {
+            serde_yaml::from_str(&text).map_err(|e| ConfigError::yaml(path, &e))?
+        };
+        if entries.is_empty() {
+            return Err(ConfigError::in_file(
+                path,
+                "no tokens: every registration would be refused; list at least one {token, services}",
+            ));
+        }
+        let mut checked = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.into_iter().enumerate() {
+            let at = |message: String| {
+                ConfigError::in_file(path, format!("entry {}: {message}", index + 1))
+            };
+            if entry.token.len() < MIN_TOKEN_LEN {
+                return Err(at(format!(
+                    "token is {} characters; at least {MIN_TOKEN_LEN} are needed",
+                    entry.token.len()
+                )));
+            }
+            if entry.services.is_empty() {
+                return Err(at("services is empty: the token could write nothing".into()));
+            }
+            for pattern in &entry.services {
+                let valid = !pattern.is_empty()
+                    && pattern
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*');
+                if !valid {
+                    return Err(at(format!(
+                        "service pattern {pattern:?} may hold only letters, digits, '-' and '*'"
+                    )));
+                }
+            }
+            checked.push(Entry {
+                token: entry.token.into_bytes(),
+                grant: Grant {
+                    patterns: entry
+                        .services
+                        .iter()
+                        .map(|p| p.to_ascii_lowercase())
+                        .collect(),
+                },
+            });
+        }
+        Ok(Tokens { entries: checked })
+    }
+
+    /// The grant of `token`, if it is one of ours. Every entry is compared, each in
+    /// constant time.
+    pub fn check(&self, token: &str) -> Option<Grant> {
+        let mut found = None;
+        for entry in &self.entries {
+            if bool::from(entry.token.ct_eq(token.as_bytes())) {
+                found = Some(entry.grant.clone());
+            }
+        }
+        found
+    }
+}
+
+impl Grant {
+    /// Whether the grant covers service `service`.
+    pub fn allows(&self, service: &str) -> bool {
+        let service = service.to_ascii_lowercase();
+        self.patterns
+            .iter()
+            .any(|pattern| matches_glob(pattern.as_bytes(), service.as_bytes()))
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// `*` matches any run of characters, everything else itself.
+fn matches_glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| matches_glob(rest, &text[skip..])),
+        Some((first, rest)) => text
+            .split_first()
+            .is_some_and(|(c, tail)| c == first && matches_glob(rest, tail)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_names() {
+        let grant = Grant {
+            patterns: vec!["web".into(), "api-*".into(), "*-worker".into()],
+        };
+        for allowed in ["web", "WEB", "api-", "api-v2", "batch-worker"] {
+            assert!(grant.allows(allowed), "{allowed}");
+        }
+        for refused in ["web2", "xweb", "api", "worker", "db"] {
+            assert!(!grant.allows(refused), "{refused}");
+        }
+        let everything = Grant {
+            patterns: vec!["*".into()],
+        };
+        assert!(everything.allows("anything-at-all"));
+    }
+
+    #[test]
+    fn bad_token_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("", "no tokens"),
+            ("- {token: short, services: [web]}\n", "at least 16"),
+            (
+                "- {token: 0123456789abcdef, services: []}\n",
+                "services is empty",
+            ),
+            (
+                "- {token: 0123456789abcdef, services: [\"w_b\"]}\n",
+                "pattern",
+            ),
+            (
+                "- {token: 0123456789abcdef, service: [web]}\n",
+                "unknown field",
+            ),
+        ];
+        for (text, expected) in cases {
+            let path = dir.path().join("tokens.yaml");
+            std::fs::write(&path, text).unwrap();
+            let error = Tokens::load(&path).unwrap_err().to_string();
+            assert!(
+                error.contains("tokens.yaml") && error.contains(expected),
+                "{text:?}: {error}"
+            );
+        }
+        let path = dir.path().join("tokens.yaml");
+        std::fs::write(&path, "- {token: 0123456789abcdef, services: [web]}\n").unwrap();
+        let tokens = Tokens::load(&path).unwrap();
+        assert!(tokens.check("0123456789abcdef").is_some());
+        assert!(tokens.check("0123456789abcdeF").is_none());
+        assert!(tokens.check("0123456789abcde").is_none());
+    }
+}
