@@ -1,0 +1,264 @@
+//! Registration clients that misbehave or are not allowed: they are told so, they
+//! cannot lock others out, and they cannot hold the server up.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::rr::RecordType;
+use serde_json::{json, Value};
+
+const WEB_TOKEN: &str = "web-token-0123456789";
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// A server whose `registration:` section also has `line` (the harness writes that
+/// section itself), with `files` beside its configuration.
+fn with_registration(line: &str, files: &[(&str, String)]) -> Svcdns {
+    let mut server = Svcdns::with(&[], "");
+    for (name, text) in files {
+        std::fs::write(server.dir.path().join(name), text).unwrap();
+    }
+    let config = server.dir.path().join("svcdns.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let edited = text.replace("registration:\n", &format!("registration:\n  {line}\n"));
+    std::fs::write(&config, edited).unwrap();
+    server
+        .restart()
+        .unwrap_or_else(|stderr| panic!("does not start with {line:?}: {stderr}"));
+    server
+}
+
+fn with_tokens() -> Svcdns {
+    let tokens = format!(
+        "- {{token: {WEB_TOKEN}, services: [\"web\", \"web-*\"]}}\n- {{token: {ADMIN_TOKEN}, services: [\"*\"]}}\n"
+    );
+    with_registration("tokens_file: tokens.yaml", &[("tokens.yaml", tokens)])
+}
+
+fn web(id: &str) -> Value {
+    json!({"op": "register", "service": "web", "id": id, "addresses": ["10.0.0.1"], "port": 80})
+}
+
+/// The next line the server sends on `stream`, if one comes within [`WAIT`].
+fn read_line(stream: &UnixStream) -> Option<String> {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut line = String::new();
+    match BufReader::new(stream).read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line),
+        _ => None,
+    }
+}
+
+/// Whether the server has closed `stream` (EOF within [`WAIT`]).
+fn closed(stream: &mut UnixStream) -> bool {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).is_ok()
+}
+
+#[test]
+fn with_tokens_only_authenticated_clients_write_and_only_their_services() {
+    let server = with_tokens();
+    let mut anonymous = server.connect();
+    let reply = anonymous.send(&web("web-1"));
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+    let reply = anonymous.send(&json!({"op": "list"}));
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+    assert_eq!(anonymous.send(&json!({"op": "ping"}))["ok"], true);
+    let reply = anonymous.send(&json!({"op": "auth", "token": "web-token-012345678X"}));
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+
+    let mut sidecar = server.connect();
+    let reply = sidecar.send(&json!({"op": "auth", "token": WEB_TOKEN}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["services"], json!(["web", "web-*"]));
+    assert_eq!(sidecar.send(&web("web-1"))["ok"], true);
+    let reply = sidecar.send(&json!({"op": "register", "service": "db", "id": "db-1",
+        "addresses": ["10.0.0.2"], "port": 5432}));
+    assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("db"),
+        "{reply}"
+    );
+
+    let mut admin = server.connect();
+    admin.send(&json!({"op": "auth", "token": ADMIN_TOKEN}));
+    assert_eq!(
+        admin.send(&json!({"op": "register", "service": "db", "id": "db-1",
+        "addresses": ["10.0.0.2"], "port": 5432}))["ok"],
+        true
+    );
+    // The sidecar cannot remove, renew or mark another service's instances.
+    for op in ["deregister", "renew"] {
+        let reply = sidecar.send(&json!({"op": op, "service": "db", "id": "db-1"}));
+        assert_eq!(reply["error"]["code"], "forbidden", "{op}: {reply}");
+    }
+    let reply =
+        sidecar.send(&json!({"op": "mark", "service": "db", "id": "db-1", "health": "critical"}));
+    assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
+    // Reading is for every authenticated client.
+    let list = sidecar.send(&json!({"op": "list"}));
+    assert_eq!(
+        list["instances"].as_array().map(Vec::len),
+        Some(2),
+        "{list}"
+    );
+    assert_eq!(
+        answer_data(&server.query("db.svc.internal.", RecordType::A)),
+        vec!["10.0.0.2"],
+        "refused requests changed nothing"
+    );
+
+    // The CLI takes the token from --token or SVCDNS_TOKEN.
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.args(args).current_dir(server.dir.path());
+        command.env_remove("SVCDNS_TOKEN");
+        if let Some(token) = token {
+            command.env("SVCDNS_TOKEN", token);
+        }
+        command.output().expect("run svcdns")
+    };
+    let refused = cli(
+        &["register", "web", "web-2", "-a", "10.0.0.3", "-p", "80"],
+        None,
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unauthorized"));
+    let done = cli(
+        &["register", "web", "web-2", "-a", "10.0.0.3", "-p", "80"],
+        Some(WEB_TOKEN),
+    );
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let done = cli(&["deregister", "web", "web-2", "--token", WEB_TOKEN], None);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
+#[test]
+fn a_registration_port_off_loopback_without_tokens_is_refused_at_start() {
+    let error = match Svcdns::try_start(&[], "") {
+        Ok(server) => {
+            let config = server.dir.path().join("svcdns.yaml");
+            let text = std::fs::read_to_string(&config).unwrap();
+            std::fs::write(&config, text.replace("tcp: 127.0.0.1:0", "tcp: 0.0.0.0:0")).unwrap();
+            let mut server = server;
+            server.restart().expect_err("must refuse to start")
+        }
+        Err(stderr) => panic!("{stderr}"),
+    };
+    assert!(
+        error.contains("0.0.0.0") && error.contains("tokens_file"),
+        "{error}"
+    );
+}
+
+#[test]
+fn over_the_connection_limit_a_client_is_told_and_closed_not_left_waiting() {
+    let server = with_registration("max_connections: 3", &[]);
+    let mut held: Vec<UnixStream> = (0..3)
+        .map(|_| UnixStream::connect(&server.socket).unwrap())
+        .collect();
+    // Let the server take them.
+    let mut probe = UnixStream::connect(&server.socket).unwrap();
+    let line = read_line(&probe).expect("a refusal, not silence");
+    assert!(line.contains("too_many_connections"), "{line}");
+    assert!(closed(&mut probe));
+    // One held connection goes; a new client is served again.
+    drop(held.pop());
+    assert!(
+        eventually(WAIT, || {
+            let mut client = Registration::unix(&server.socket);
+            client.send(&json!({"op": "ping"}))["ok"] == true
+        }),
+        "a slot frees when a connection closes"
+    );
+}
+
+#[test]
+fn idle_connections_are_closed_but_not_those_holding_ephemeral_instances_or_watches() {
+    let server = with_registration("idle_timeout: 1", &[]);
+    let mut idle = UnixStream::connect(&server.socket).unwrap();
+    let mut sidecar = Registration::unix(&server.socket);
+    let reply = sidecar.send(&json!({"op": "register", "service": "web", "id": "eph",
+        "addresses": ["10.0.0.1"], "port": 80, "ephemeral": true}));
+    assert_eq!(reply["ok"], true);
+    let mut watcher = Registration::unix(&server.socket);
+    assert_eq!(watcher.send(&json!({"op": "watch"}))["ok"], true);
+
+    let started = Instant::now();
+    let line = read_line(&idle).expect("a closing line");
+    assert!(line.contains("idle_timeout"), "{line}");
+    assert!(closed(&mut idle));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    // The ephemeral instance is still there, so its connection is.
+    assert_eq!(
+        answer_data(&server.query("eph.web.svc.internal.", RecordType::A)),
+        vec!["10.0.0.1"]
+    );
+    assert_eq!(sidecar.send(&json!({"op": "ping"}))["ok"], true);
+    // The watcher still gets events.
+    server.register(
+        json!({"op": "register", "service": "db", "id": "d", "addresses": ["10.0.0.2"], "port": 1}),
+    );
+    assert_eq!(watcher.read()["id"], "d");
+}
+
+#[test]
+fn sigterm_completes_while_clients_do_not_read() {
+    let mut server = Svcdns::start();
+    // A watcher that never reads, and a pipeliner that never reads its replies.
+    let mut watcher = UnixStream::connect(&server.socket).unwrap();
+    watcher.write_all(b"{\"op\":\"watch\"}\n").unwrap();
+    let mut pipeliner = UnixStream::connect(&server.socket).unwrap();
+    pipeliner
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let pad = "x".repeat(200);
+    for i in 0..20_000 {
+        let line = format!(
+            "{}\n",
+            json!({"op": "register", "service": "web", "id": format!("i{i}"),
+                "addresses": ["10.0.0.1"], "port": 80, "meta": {"pad": pad}})
+        );
+        if pipeliner.write_all(line.as_bytes()).is_err() {
+            break; // its buffers are full: the server has stopped reading it
+        }
+    }
+    let started = Instant::now();
+    let status = server.terminate();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert!(status.success(), "{status:?}");
+    drop((watcher, pipeliner));
+}
+
+#[test]
+fn the_socket_gets_the_configured_mode() {
+    let server = with_registration("unix_mode: \"0600\"", &[]);
+    let mode = std::fs::metadata(&server.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
