@@ -85,6 +85,8 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Idle time after which a DNS-over-TCP connection is closed, in seconds.
     pub tcp_idle_timeout: u64,
+    /// Seconds after which a DNS-over-TCP connection is closed, however busy.
+    pub tcp_max_lifetime: u64,
     /// A, AAAA and SRV answers drawn from more instances than this carry a random
     /// sample of this many; unset: every instance, with TC when they do not fit.
     pub max_answer_records: Option<usize>,
@@ -117,6 +119,10 @@ pub struct RegistrationConfig {
     /// Seconds after which a connection with no request, no ephemeral instance and no
     /// watch is closed.
     pub idle_timeout: u64,
+    /// Instances one service may have (in one zone); more are refused.
+    pub max_instances_per_service: usize,
+    /// Instances the whole registry may hold; more are refused.
+    pub max_instances: usize,
 }
 
 /// Where names outside our zones are resolved.
@@ -169,6 +175,7 @@ impl Default for DnsConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8053))],
             ttl: 5,
             tcp_idle_timeout: 5,
+            tcp_max_lifetime: 300,
             max_answer_records: None,
             tcp_max_connections: 1024,
             udp_threads: None,
@@ -188,6 +195,8 @@ impl Default for RegistrationConfig {
             tokens_file: None,
             max_connections: 1024,
             idle_timeout: 60,
+            max_instances_per_service: 50_000,
+            max_instances: 5_000_000,
         }
     }
 }
@@ -232,6 +241,9 @@ impl Config {
         if self.dns.listen.is_empty() {
             return Err("dns.listen must name at least one address".into());
         }
+        if self.dns.tcp_max_lifetime == 0 {
+            return Err("dns.tcp_max_lifetime must be at least 1 second".into());
+        }
         if self.dns.tcp_max_connections == 0 {
             return Err("dns.tcp_max_connections must be at least 1".into());
         }
@@ -261,6 +273,13 @@ impl Config {
         }
         if self.registration.max_connections == 0 {
             return Err("registration.max_connections must be at least 1".into());
+        }
+        if self.registration.max_instances_per_service == 0 || self.registration.max_instances == 0
+        {
+            return Err(
+                "registration.max_instances_per_service and max_instances must be at least 1"
+                    .into(),
+            );
         }
         if self.registration.idle_timeout == 0 {
             return Err("registration.idle_timeout must be at least 1 second".into());

@@ -18,7 +18,7 @@ use crate::dns::tcp::TcpSettings;
 use crate::dns::LiveZones;
 use crate::http::{HttpServer, Readiness};
 use crate::metrics::{self, Exporter};
-use crate::registry::Registry;
+use crate::registry::{Limits, Registry};
 use crate::reload::{answering, apply_static_services, sampling, Built, Reloader, StaticPlan};
 use crate::stop::StopSignals;
 use crate::store::embedded::EmbeddedStore;
@@ -42,7 +42,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let zone_settings = built.zones.settings().into_iter().flatten().collect();
     let zones = Arc::new(LiveZones::new(built.zones));
     // The store is loaded here, before DNS answers.
-    let registry = Registry::start(zone_settings, &config.default_zone(), zones.clone(), store)?;
+    let limits = Limits {
+        max_instances_per_service: config.registration.max_instances_per_service,
+        max_instances: config.registration.max_instances,
+    };
+    let registry = Registry::start(
+        zone_settings,
+        &config.default_zone(),
+        zones.clone(),
+        store,
+        limits,
+    )?;
     // Up first, so that probes get "starting" rather than no answer while we load.
     let readiness = Readiness::default();
     let http = match &config.http {
@@ -74,6 +84,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         tcp: TcpSettings {
             max_connections: config.dns.tcp_max_connections,
             idle_timeout: Duration::from_secs(config.dns.tcp_idle_timeout),
+            max_lifetime: Duration::from_secs(config.dns.tcp_max_lifetime),
         },
     };
     raise_open_files_limit();

@@ -262,3 +262,90 @@ fn the_socket_gets_the_configured_mode() {
         & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn instance_limits_refuse_new_instances_but_not_replacements() {
+    let server = with_registration("max_instances_per_service: 3", &[]);
+    for i in 0..3 {
+        server.register(web(&format!("web-{i}")));
+    }
+    let mut client = server.connect();
+    let reply = client.send(&web("web-3"));
+    assert_eq!(reply["error"]["code"], "too_many_instances", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("max_instances_per_service"), "{reply}");
+    // Replacing one is not adding one; another service has its own count.
+    assert_eq!(client.send(&web("web-2"))["ok"], true);
+    assert_eq!(
+        client.send(&json!({"op": "register", "service": "db", "id": "db-1",
+        "addresses": ["10.0.0.2"], "port": 1}))["ok"],
+        true
+    );
+    client.send(&json!({"op": "deregister", "service": "web", "id": "web-0"}));
+    assert_eq!(client.send(&web("web-3"))["ok"], true);
+
+    let server = with_registration("max_instances: 2", &[]);
+    server.register(web("a"));
+    server.register(
+        json!({"op": "register", "service": "db", "id": "b", "addresses": ["10.0.0.2"], "port": 1}),
+    );
+    let reply = server.connect().send(&web("c"));
+    assert_eq!(reply["error"]["code"], "too_many_instances", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_instances"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn metadata_is_bounded_as_a_whole() {
+    let server = Svcdns::start();
+    let meta: serde_json::Map<String, Value> = (0..30)
+        .map(|i| (format!("key{i}"), json!("v".repeat(200))))
+        .collect();
+    let reply = server
+        .connect()
+        .send(&json!({"op": "register", "service": "web", "id": "big",
+        "addresses": ["10.0.0.1"], "port": 80, "meta": meta}));
+    assert_eq!(reply["error"]["code"], "invalid_meta", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("4096"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_dns_tcp_connection_is_closed_at_the_end_of_its_lifetime_however_busy() {
+    use std::net::TcpStream;
+    let server = Svcdns::with_dns_config(&[], "tcp_max_lifetime: 1\ntcp_idle_timeout: 30");
+    let mut stream = TcpStream::connect(server.dns).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut message = vec![0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(b"\x03svc\x08internal\x00\x00\x06\x00\x01");
+    let mut query = (message.len() as u16).to_be_bytes().to_vec();
+    query.extend_from_slice(&message);
+    let started = Instant::now();
+    let mut answered = 0;
+    loop {
+        let sent = stream.write_all(&query);
+        let mut length = [0u8; 2];
+        if sent.is_err() || stream.read_exact(&mut length).is_err() {
+            break;
+        }
+        let mut response = vec![0; usize::from(u16::from_be_bytes(length))];
+        if stream.read_exact(&mut response).is_err() {
+            break;
+        }
+        answered += 1;
+        assert!(started.elapsed() < Duration::from_secs(8), "never closed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered >= 3, "answered {answered} before closing");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}

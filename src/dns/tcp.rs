@@ -38,6 +38,8 @@ thread_local! {
 pub struct TcpSettings {
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// Longest a connection is served, however busy: no client keeps a slot forever.
+    pub max_lifetime: Duration,
 }
 
 /// Accepts connections on `listener` until the task is aborted; aborting it also ends
@@ -80,9 +82,9 @@ pub async fn serve(
         };
         let responder = responder.clone();
         let fallback = fallback.clone();
-        let idle_timeout = settings.idle_timeout;
+        let limits = (settings.idle_timeout, settings.max_lifetime);
         connections.spawn(async move {
-            if let Err(e) = connection(stream, peer, &responder, &fallback, idle_timeout).await {
+            if let Err(e) = connection(stream, peer, &responder, &fallback, limits).await {
                 debug!(%peer, error = %e, "DNS-over-TCP connection ended");
             }
             drop(permit);
@@ -99,8 +101,9 @@ async fn connection(
     peer: SocketAddr,
     responder: &Responder,
     fallback: &Fallback,
-    idle_timeout: Duration,
+    (idle_timeout, max_lifetime): (Duration, Duration),
 ) -> io::Result<()> {
+    let closes_at = Instant::now() + max_lifetime;
     stream.set_nodelay(true)?;
     let (reader, writer) = stream.into_split();
     let mut reader = BufReader::with_capacity(CONNECTION_BUFFER, reader);
@@ -108,7 +111,10 @@ async fn connection(
     let mut query = Vec::new();
     let mut response = Vec::new();
     loop {
-        let len = match timeout(idle_timeout, reader.read_u16()).await {
+        // The wait for the next query ends at the idle timeout or the end of the
+        // connection's lifetime, whichever comes first.
+        let wait = idle_timeout.min(closes_at.saturating_duration_since(Instant::now()));
+        let len = match timeout(wait, reader.read_u16()).await {
             // `{"` starts a JSON line: a registration client sent to the DNS port by
             // mistake. Closing at once lets it fail now instead of after the timeout.
             Ok(Ok(len)) if len.to_be_bytes() == *b"{\"" => {

@@ -84,6 +84,14 @@ pub enum RegistryError {
     NotFound { service: String, id: String },
     #[error("the registry is shutting down")]
     Unavailable,
+    #[error(
+        "{what} has {count} instances, the most allowed ({setting}); deregister some or raise it"
+    )]
+    Full {
+        what: String,
+        count: usize,
+        setting: &'static str,
+    },
     #[error("the change was not made: the store cannot take it ({0}); DNS still answers from memory, try again")]
     StoreUnavailable(String),
 }
@@ -120,6 +128,7 @@ impl RegistryError {
             RegistryError::UnknownZone(_) => "unknown_zone",
             RegistryError::NotFound { .. } => "not_found",
             RegistryError::Unavailable => "unavailable",
+            RegistryError::Full { .. } => "too_many_instances",
             RegistryError::StoreUnavailable(_) => "store_unavailable",
         }
     }

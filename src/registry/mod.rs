@@ -47,6 +47,24 @@ pub trait Admission: Send + Sync + 'static {
     fn admit(&self, zone: &str, service: &Label, instance: &Instance) -> Result<(), RegistryError>;
 }
 
+/// How many instances the registry takes: a registration beyond either is refused
+/// (`too_many_instances`), so that no client can exhaust memory or make a service's
+/// answers useless.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_instances_per_service: usize,
+    pub max_instances: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_instances_per_service: 50_000,
+            max_instances: 5_000_000,
+        }
+    }
+}
+
 /// Why the registry could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -90,6 +108,7 @@ impl Registry {
         default_zone: &str,
         admission: Arc<dyn Admission>,
         mut store: Box<dyn Store>,
+        limits: Limits,
     ) -> Result<Registry, StartError> {
         let started = Instant::now();
         let loaded = store.load().map_err(StartError::Store)?;
@@ -105,7 +124,7 @@ impl Registry {
         let (queue, commands) = mpsc::channel();
         let durable = store.is_durable();
         let source = store.describe();
-        let mut writer = Writer::new(view, published.clone(), store);
+        let mut writer = Writer::new(view, published.clone(), store, limits);
         let (count, left_out) = writer.load(loaded, admission.as_ref());
         if durable {
             tracing::info!(

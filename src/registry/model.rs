@@ -32,6 +32,9 @@ pub const MAX_DNS_TTL: u32 = 86_400;
 pub const MAX_ADDRESSES: usize = 16;
 /// Tags per instance, for the same reason.
 pub const MAX_TAGS: usize = 32;
+/// The whole TXT record of an instance's metadata, at most: it must fit a UDP answer
+/// beside the rest (DNS-SD advises keeping TXT records small, RFC 6763 §6.2).
+pub const MAX_META_BYTES: usize = 4096;
 
 /// One DNS label in its canonical (lowercase) form: letters, digits and hyphens, not
 /// starting or ending with a hyphen, 1-63 bytes (the LDH rule of RFC 1123 §2.1).
@@ -203,6 +206,12 @@ impl Meta {
             wire.extend_from_slice(key.as_bytes());
             wire.push(b'=');
             wire.extend_from_slice(value.as_bytes());
+            if wire.len() > MAX_META_BYTES {
+                return Err(RegistryError::InvalidMeta {
+                    key: key.clone(),
+                    problem: "takes the metadata over 4096 bytes in all (its TXT record)",
+                });
+            }
         }
         Ok(Meta(wire.into_boxed_slice()))
     }

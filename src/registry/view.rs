@@ -485,6 +485,12 @@ impl ZoneView {
         self.services.len() + critical_only
     }
 
+    /// Instances of one service, healthy and critical.
+    pub fn service_size(&self, service: &str) -> usize {
+        self.service(service).map_or(0, |s| s.all().len())
+            + self.critical.get(service).map_or(0, |c| c.len())
+    }
+
     /// Healthy and critical instances of the zone.
     pub fn instance_counts(&self) -> (usize, usize) {
         (self.healthy_count, self.critical_count)
@@ -717,6 +723,17 @@ impl View {
             .map(|&zone| self.serial(zone))
             .max()
             .unwrap_or(self.serial_base)
+    }
+
+    /// Every registered instance, healthy or critical, in every zone.
+    pub fn total_instances(&self) -> usize {
+        self.zones
+            .iter()
+            .map(|zone| {
+                let (healthy, critical) = zone.instance_counts();
+                healthy + critical
+            })
+            .sum()
     }
 
     /// A registered instance and its health.

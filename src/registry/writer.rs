@@ -30,7 +30,7 @@ use super::model::{Health, Label, Registration};
 use super::view::{Entry, InstanceRef, View, ZoneSettings};
 use super::watch::{Event, Reason, WatchStream, Watchers};
 use super::{stored_instance, unix_ms, wall_deadline};
-use super::{Admission, ConnectionId, InstanceKey, RegistryError};
+use super::{Admission, ConnectionId, InstanceKey, Limits, RegistryError};
 use crate::metrics;
 use crate::store::{Change, Loaded, Store, StoredInstance};
 
@@ -111,6 +111,7 @@ pub struct Writer {
     /// Leases renewed since the last checkpoint.
     renewed: HashSet<InstanceRef>,
     next_checkpoint: Instant,
+    limits: Limits,
 }
 
 /// Whether a batch may change stored data.
@@ -156,7 +157,12 @@ enum Ack {
 }
 
 impl Writer {
-    pub fn new(view: View, published: Arc<ArcSwap<View>>, store: Box<dyn Store>) -> Writer {
+    pub fn new(
+        view: View,
+        published: Arc<ArcSwap<View>>,
+        store: Box<dyn Store>,
+        limits: Limits,
+    ) -> Writer {
         Writer {
             leases: Leases::new(view.epoch()),
             view,
@@ -169,6 +175,7 @@ impl Writer {
             unsynced: Vec::new(),
             renewed: HashSet::new(),
             next_checkpoint: Instant::now() + LEASE_CHECKPOINT,
+            limits,
         }
     }
 
@@ -510,6 +517,7 @@ impl Writer {
                 registration,
                 *connection,
                 *stored,
+                &self.limits,
                 stage,
             ))),
             Command::Renew { at, .. } => {
@@ -624,6 +632,7 @@ fn plan_register(
     registration: &Registration,
     connection: Option<ConnectionId>,
     stored: bool,
+    limits: &Limits,
     stage: impl Fn(&mut Plan, Option<Change>) -> Result<(), RegistryError>,
 ) -> Result<Option<u32>, RegistryError> {
     let Registration {
@@ -644,6 +653,25 @@ fn plan_register(
         service: service.clone(),
         id: instance.id.clone(),
     };
+    // Replacing an instance never counts against a limit; adding one may.
+    if plan.view.entry(&at).is_none() {
+        let in_service = zone_view.service_size(service.as_str());
+        if in_service >= limits.max_instances_per_service {
+            return Err(RegistryError::Full {
+                what: format!("service {service}"),
+                count: in_service,
+                setting: "registration.max_instances_per_service",
+            });
+        }
+        let total = plan.view.total_instances();
+        if total >= limits.max_instances {
+            return Err(RegistryError::Full {
+                what: "the registry".to_string(),
+                count: total,
+                setting: "registration.max_instances",
+            });
+        }
+    }
     let entry = Arc::new(Entry::new(
         instance.clone(),
         default_ttl,
