@@ -80,14 +80,7 @@ fn with_tokens_only_authenticated_clients_write_and_only_their_services() {
     assert_eq!(sidecar.send(&web("web-1"))["ok"], true);
     let reply = sidecar.send(&json!({"op": "register", "service": "db", "id": "db-1",
         "addresses": ["10.0.0.2"], "port": 5432}));
-    assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
-    assert!(
-        reply["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("db"),
-        "{reply}"
-    );
+    assert_refused(&reply, "forbidden", "db");
 
     let mut admin = server.connect();
     admin.send(&json!({"op": "auth", "token": ADMIN_TOKEN}));
@@ -271,9 +264,7 @@ fn instance_limits_refuse_new_instances_but_not_replacements() {
     }
     let mut client = server.connect();
     let reply = client.send(&web("web-3"));
-    assert_eq!(reply["error"]["code"], "too_many_instances", "{reply}");
-    let message = reply["error"]["message"].as_str().unwrap_or("");
-    assert!(message.contains("max_instances_per_service"), "{reply}");
+    assert_refused(&reply, "too_many_instances", "max_instances_per_service");
     // Replacing one is not adding one; another service has its own count.
     assert_eq!(client.send(&web("web-2"))["ok"], true);
     assert_eq!(
@@ -290,14 +281,7 @@ fn instance_limits_refuse_new_instances_but_not_replacements() {
         json!({"op": "register", "service": "db", "id": "b", "addresses": ["10.0.0.2"], "port": 1}),
     );
     let reply = server.connect().send(&web("c"));
-    assert_eq!(reply["error"]["code"], "too_many_instances", "{reply}");
-    assert!(
-        reply["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("max_instances"),
-        "{reply}"
-    );
+    assert_refused(&reply, "too_many_instances", "max_instances");
 }
 
 #[test]
@@ -310,14 +294,7 @@ fn metadata_is_bounded_as_a_whole() {
         .connect()
         .send(&json!({"op": "register", "service": "web", "id": "big",
         "addresses": ["10.0.0.1"], "port": 80, "meta": meta}));
-    assert_eq!(reply["error"]["code"], "invalid_meta", "{reply}");
-    assert!(
-        reply["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("4096"),
-        "{reply}"
-    );
+    assert_refused(&reply, "invalid_meta", "4096");
 }
 
 #[test]

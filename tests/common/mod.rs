@@ -469,6 +469,13 @@ impl Registration {
     }
 }
 
+/// Asserts that `reply` is a refusal with `code` whose message mentions `mention`.
+pub fn assert_refused(reply: &Value, code: &str, mention: &str) {
+    assert_eq!(reply["error"]["code"], code, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(mention), "{mention:?} not in {reply}");
+}
+
 /// One query with hickory's client over the given transport.
 pub fn query(server: SocketAddr, name: &str, rtype: RecordType, transport: Transport) -> Message {
     let runtime = tokio::runtime::Builder::new_current_thread()
