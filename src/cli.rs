@@ -164,66 +164,118 @@ pub async fn register(args: RegisterArgs) -> Result<()> {
         return Ok(());
     };
     let ttl = reply["ttl"].as_u64().unwrap_or(KEEPALIVE_DEFAULT_TTL);
-    keepalive(&endpoint, connection, &request, ttl, stop).await
+    keepalive(&endpoint, connection, &[request], ttl, stop).await
 }
 
-/// Renews at a third of the lease, so two renewals can be lost before it lapses. If
-/// the server forgot the instance (it restarted) or the connection broke, registers
-/// again. On Ctrl-C or SIGTERM, deregisters and returns.
+/// Holds the leases of `requests` (register requests already acknowledged) on one
+/// connection. Renews at a third of the shortest lease, so two renewals can be lost
+/// before one lapses. If the server forgot an instance (it restarted) or the
+/// connection broke, registers it again. On Ctrl-C or SIGTERM, deregisters them all
+/// and returns.
 async fn keepalive(
     endpoint: &Endpoint,
     mut connection: Connection,
-    request: &Value,
+    requests: &[Value],
     ttl: u64,
     mut stop: StopSignals,
 ) -> Result<()> {
     let period = Duration::from_millis((ttl * 1000 / 3).max(200));
-    let renew = json!({"op": "renew", "service": request["service"], "id": request["id"], "zone": request.get("zone")});
+    let key = |op: &str, request: &Value| json!({"op": op, "service": request["service"], "id": request["id"], "zone": request.get("zone")});
+    let name = |request: &Value| {
+        format!(
+            "{}.{}",
+            request["id"].as_str().unwrap_or("?"),
+            request["service"].as_str().unwrap_or("?")
+        )
+    };
     eprintln!(
-        "keeping the lease alive every {:.1}s; Ctrl-C to deregister and exit",
+        "keeping {} lease(s) alive every {:.1}s on one connection; Ctrl-C to deregister and exit",
+        requests.len(),
         period.as_secs_f64()
     );
-    loop {
+    'renewing: loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = stop.wait() => break,
         }
-        let renewed = connection.request(&renew).await;
-        if let Err(e) = renewed {
+        for request in requests {
+            let Err(e) = connection.request(&key("renew", request)).await else {
+                continue;
+            };
             let forgotten = e
                 .downcast_ref::<ServerError>()
                 .is_some_and(|s| s.code == "not_found");
-            eprintln!("renewal failed ({e:#}); registering again");
+            eprintln!(
+                "renewing {} failed ({e:#}); registering again",
+                name(request)
+            );
             if !forgotten {
                 match Connection::open(endpoint).await {
                     Ok(fresh) => connection = fresh,
                     Err(e) => {
                         eprintln!("{e:#}");
-                        continue;
+                        continue 'renewing;
                     }
                 }
             }
             match connection.request(request).await {
-                Ok(_) => eprintln!(
-                    "registered {}.{} again",
-                    request["id"].as_str().unwrap_or("?"),
-                    request["service"].as_str().unwrap_or("?")
-                ),
-                Err(e) => eprintln!("registering again failed: {e:#}"),
+                Ok(_) => eprintln!("registered {} again", name(request)),
+                Err(e) => eprintln!("registering {} again failed: {e:#}", name(request)),
             }
         }
     }
-    let deregister = json!({"op": "deregister", "service": request["service"], "id": request["id"], "zone": request.get("zone")});
-    connection
-        .request(&deregister)
-        .await
-        .context("deregistering")?;
-    println!(
-        "deregistered {}.{}",
-        request["id"].as_str().unwrap_or("?"),
-        request["service"].as_str().unwrap_or("?")
-    );
+    for request in requests {
+        connection
+            .request(&key("deregister", request))
+            .await
+            .with_context(|| format!("deregistering {}", name(request)))?;
+        println!("deregistered {}", name(request));
+    }
     Ok(())
+}
+
+/// `svcdns keepalive FILE`: registers every instance the file lists on one connection
+/// and holds their leases until interrupted, then deregisters them.
+pub async fn keepalive_file(file: &Path, connect: &ConnectArgs) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let listed: Vec<Value> = serde_yaml::from_str(&text)
+        .with_context(|| format!("{}: not a YAML list of instances", file.display()))?;
+    if listed.is_empty() {
+        bail!("{} lists no instances", file.display());
+    }
+    let requests: Vec<Value> = listed
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut instance)| {
+            let Value::Object(map) = &mut instance else {
+                bail!(
+                    "{}: entry {} is not a map of register fields",
+                    file.display(),
+                    index + 1
+                );
+            };
+            map.insert("op".into(), json!("register"));
+            map.entry("ttl").or_insert(json!(KEEPALIVE_DEFAULT_TTL));
+            Ok(instance)
+        })
+        .collect::<Result<_>>()?;
+    let endpoint = connect.endpoint();
+    let stop = StopSignals::install()?;
+    let mut connection = Connection::open(&endpoint).await?;
+    let mut ttl = u64::MAX;
+    for request in &requests {
+        let reply = connection.request(request).await.with_context(|| {
+            format!(
+                "registering {}.{}",
+                request["id"].as_str().unwrap_or("?"),
+                request["service"].as_str().unwrap_or("?")
+            )
+        })?;
+        ttl = ttl.min(reply["ttl"].as_u64().unwrap_or(KEEPALIVE_DEFAULT_TTL));
+    }
+    println!("registered {} instances", requests.len());
+    keepalive(&endpoint, connection, &requests, ttl, stop).await
 }
 
 pub async fn deregister(args: KeyArgs) -> Result<()> {

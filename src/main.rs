@@ -35,6 +35,14 @@ enum Command {
     Deregister(cli::KeyArgs),
     /// Extend the lease of a service instance
     Renew(cli::KeyArgs),
+    /// Register every instance a YAML file lists and hold their leases on one
+    /// connection until interrupted, then deregister them
+    Keepalive {
+        /// A YAML list of instances, each with the fields of a register request
+        file: PathBuf,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Take an instance out of every DNS answer (critical) or put it back (healthy)
     Mark(cli::MarkArgs),
     /// List registered instances
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
             Command::Deregister(args) => cli::deregister(args).await,
             Command::Renew(args) => cli::renew(args).await,
             Command::Mark(args) => cli::mark(args).await,
+            Command::Keepalive { file, connect } => cli::keepalive_file(&file, &connect).await,
             Command::List {
                 service,
                 json,

@@ -221,6 +221,55 @@ fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
 }
 
 #[test]
+fn keepalive_holds_many_instances_on_one_connection() {
+    let server = Svcdns::start();
+    let instances: String = (0..50)
+        .map(|i| {
+            format!("- {{service: pool, id: p-{i}, addresses: [10.0.1.{i}], port: 80, ttl: 1}}\n")
+        })
+        .collect();
+    std::fs::write(server.dir.path().join("instances.yaml"), instances).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["keepalive", "instances.yaml"])
+        .current_dir(server.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let line = next_line(&lines);
+    assert_eq!(line, "registered 50 instances");
+    // Three lease periods later they are all there: one connection renewed them all.
+    std::thread::sleep(Duration::from_millis(3000));
+    let listed = server
+        .connect()
+        .send(&serde_json::json!({"op": "list", "service": "pool"}));
+    assert_eq!(
+        listed["instances"].as_array().map(Vec::len),
+        Some(50),
+        "{listed}"
+    );
+    let open = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .map(|fds| fds.count())
+        .unwrap_or(0);
+    assert!(
+        open < 20,
+        "the CLI holds {open} descriptors for 50 instances"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = exited_within_wait(&mut child, "the CLI did not exit after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        rcode(&server.query("pool.svc.internal.", RecordType::A)),
+        ResponseCode::NXDomain,
+        "all deregistered"
+    );
+}
+
+#[test]
 fn watch_prints_the_present_instances_then_changes() {
     let server = Svcdns::start();
     server.register(serde_json::json!({"op": "register", "service": "web", "id": "web-1", "addresses": ["10.0.0.5"], "port": 80}));
