@@ -170,7 +170,17 @@ pub fn load_file(
         path: path.to_path_buf(),
         cause,
     })?;
-    let file: ZoneFile = serde_yaml::from_str(&text).map_err(|e| ConfigError::yaml(path, &e))?;
+    parse(&text, path, default_ttl, ns_address)
+}
+
+/// Reads one zone file's text; `path` names it in errors.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    default_ttl: u32,
+    ns_address: Option<IpAddr>,
+) -> Result<ZoneSpec, ConfigError> {
+    let file: ZoneFile = serde_yaml::from_str(text).map_err(|e| ConfigError::yaml(path, &e))?;
     let origin = file.origin.0;
     let ttl = file.ttl.unwrap_or(default_ttl);
     let absolute = |name: &Name| -> Result<Name, ConfigError> {
