@@ -95,6 +95,8 @@ pub struct DnsConfig {
     /// Threads answering UDP per listen address, each with its own socket
     /// (SO_REUSEPORT); unset: one per CPU.
     pub udp_threads: Option<usize>,
+    /// Response-rate limiting over UDP per client network; unset: off.
+    pub rate_limit: Option<RateLimitConfig>,
     /// Answer plain queries in our zones on svcdns's own wire path. `false` sends every
     /// query through hickory's Catalog instead: slower, for comparing the two.
     pub fast_path: bool,
@@ -148,6 +150,34 @@ impl Default for ForwardConfig {
     }
 }
 
+/// `dns.rate_limit`: as Knot's and NSD's response-rate limiting.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// UDP responses per second to one client network; more are dropped or slipped.
+    pub responses_per_second: u32,
+    /// Every this many limited responses, one goes out truncated (TC) so a real client
+    /// retries over TCP; 0: all are dropped.
+    #[serde(default = "default_slip")]
+    pub slip: u32,
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+}
+
+fn default_slip() -> u32 {
+    2
+}
+
+fn default_ipv4_prefix() -> u8 {
+    24
+}
+
+fn default_ipv6_prefix() -> u8 {
+    56
+}
+
 /// The operations endpoint: `/metrics`, `/health`, `/ready`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +210,7 @@ impl Default for DnsConfig {
             tcp_max_connections: 1024,
             udp_threads: None,
             fast_path: true,
+            rate_limit: None,
         }
     }
 }
@@ -240,6 +271,14 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         if self.dns.listen.is_empty() {
             return Err("dns.listen must name at least one address".into());
+        }
+        if let Some(limit) = &self.dns.rate_limit {
+            if limit.responses_per_second == 0 {
+                return Err("dns.rate_limit.responses_per_second must be at least 1".into());
+            }
+            if limit.ipv4_prefix > 32 || limit.ipv6_prefix > 128 {
+                return Err("dns.rate_limit prefixes are at most 32 (IPv4) and 128 (IPv6)".into());
+            }
         }
         if self.dns.tcp_max_lifetime == 0 {
             return Err("dns.tcp_max_lifetime must be at least 1 second".into());

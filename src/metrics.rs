@@ -146,6 +146,8 @@ struct Counters {
     dropped_panics: AtomicU64,
     tcp_refused: AtomicU64,
     registration_refused: AtomicU64,
+    rate_dropped: AtomicU64,
+    rate_slipped: AtomicU64,
     forwarded: AtomicU64,
     forward_failures: AtomicU64,
     /// Registration requests by op: answered ok, refused.
@@ -168,6 +170,8 @@ fn counters() -> &'static Counters {
         dropped_panics: AtomicU64::new(0),
         tcp_refused: AtomicU64::new(0),
         registration_refused: AtomicU64::new(0),
+        rate_dropped: AtomicU64::new(0),
+        rate_slipped: AtomicU64::new(0),
         forwarded: AtomicU64::new(0),
         forward_failures: AtomicU64::new(0),
         requests_ok: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -310,6 +314,17 @@ pub fn dropped_catalog_busy() {
     counters()
         .dropped_catalog_busy
         .fetch_add(1, Ordering::Relaxed);
+}
+
+/// A UDP response held back by `dns.rate_limit`: dropped, or sent truncated (slipped).
+pub fn rate_limited(slipped: bool) {
+    let counters = counters();
+    let counter = if slipped {
+        &counters.rate_slipped
+    } else {
+        &counters.rate_dropped
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A query dropped because answering it panicked (a bug).
@@ -514,9 +529,16 @@ impl Collector for Snapshot {
         for (reason, count) in [
             ("catalog_busy", &counters.dropped_catalog_busy),
             ("panic", &counters.dropped_panics),
+            ("rate_limit", &counters.rate_dropped),
         ] {
             ConstCounter::new(load(count)).encode(family.encode_family(&[("reason", reason)])?)?;
         }
+        counter(
+            &mut encoder,
+            "svcdns_dns_rate_limit_slipped",
+            "UDP responses over dns.rate_limit sent truncated, so the client retries over TCP",
+            load(&counters.rate_slipped),
+        )?;
         counter(
             &mut encoder,
             "svcdns_dns_tcp_refused_connections",

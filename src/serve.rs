@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::api::{RegistrationServer, RegistrationSettings};
 use crate::config::Config;
 use crate::dns::front::{Fallback, Responder};
+use crate::dns::rate_limit::RateLimitSettings;
 use crate::dns::server::{DnsServer, DnsSettings};
 use crate::dns::tcp::TcpSettings;
 use crate::dns::LiveZones;
@@ -86,6 +87,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
             idle_timeout: Duration::from_secs(config.dns.tcp_idle_timeout),
             max_lifetime: Duration::from_secs(config.dns.tcp_max_lifetime),
         },
+        rate_limit: config
+            .dns
+            .rate_limit
+            .as_ref()
+            .map(|limit| RateLimitSettings {
+                responses_per_second: limit.responses_per_second,
+                slip: limit.slip,
+                ipv4_prefix: limit.ipv4_prefix,
+                ipv6_prefix: limit.ipv6_prefix,
+            }),
     };
     raise_open_files_limit();
     let dns = DnsServer::start(&dns_settings, responder.clone(), fallback.clone()).await?;

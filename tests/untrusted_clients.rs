@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
@@ -325,4 +326,61 @@ fn a_dns_tcp_connection_is_closed_at_the_end_of_its_lifetime_however_busy() {
     }
     assert!(answered >= 3, "answered {answered} before closing");
     assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+/// Sends `count` A queries for `name` from one socket bound to `from`, then collects
+/// the responses: (full answers, truncated answers).
+fn burst_of_queries(server: SocketAddr, from: &str, count: u16) -> (usize, usize) {
+    let socket = UdpSocket::bind(format!("{from}:0")).expect("bind a client address");
+    let mut message = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(b"\x03web\x03svc\x08internal\x00\x00\x01\x00\x01");
+    for id in 0..count {
+        message[..2].copy_from_slice(&id.to_be_bytes());
+        socket.send_to(&message, server).expect("send");
+    }
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let (mut full, mut truncated) = (0, 0);
+    let mut buffer = [0u8; 4096];
+    while let Ok((len, _)) = socket.recv_from(&mut buffer) {
+        if len < 12 {
+            continue;
+        }
+        if buffer[2] & 0x02 != 0 {
+            truncated += 1;
+        } else {
+            full += 1;
+        }
+    }
+    (full, truncated)
+}
+
+#[test]
+fn response_rate_limiting_slips_and_drops_past_the_rate_per_client_network() {
+    let limited = Svcdns::with_dns_config(
+        &[],
+        "udp_threads: 1\nrate_limit: {responses_per_second: 20, slip: 2}",
+    );
+    limited.register(web("web-1"));
+    let (full, truncated) = burst_of_queries(limited.dns, "127.0.0.1", 200);
+    assert!(
+        (20..=40).contains(&full),
+        "about the rate in full answers, not {full}"
+    );
+    let limited_count = 200 - full;
+    assert!(
+        truncated + 10 >= limited_count / 2 && truncated <= limited_count / 2 + 10,
+        "every second limited response slips: {truncated} of {limited_count}"
+    );
+    // Another network has its own bucket; TCP is never limited.
+    let (other_full, _) = burst_of_queries(limited.dns, "127.0.1.1", 5);
+    assert_eq!(other_full, 5);
+    let over_tcp = limited.query_over("web.svc.internal.", RecordType::A, Transport::Tcp);
+    assert_eq!(answer_data(&over_tcp), vec!["10.0.0.1"]);
+
+    // Off by default: every query answered.
+    let open = Svcdns::with_dns_config(&[], "udp_threads: 1");
+    open.register(web("web-1"));
+    assert_eq!(burst_of_queries(open.dns, "127.0.0.1", 200), (200, 0));
 }

@@ -6,6 +6,7 @@ pub mod forward;
 pub mod front;
 pub mod handler;
 pub mod naming;
+pub mod rate_limit;
 pub mod records;
 pub mod server;
 pub mod tcp;

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::front::{Fallback, Responder};
+use super::rate_limit::RateLimitSettings;
 use super::tcp::{self, TcpSettings};
 use super::udp::{self, UdpFront};
 
@@ -27,6 +28,8 @@ pub struct DnsSettings {
     pub listen: Vec<SocketAddr>,
     pub udp_threads: usize,
     pub tcp: TcpSettings,
+    /// Response-rate limiting over UDP; `None`: off.
+    pub rate_limit: Option<RateLimitSettings>,
 }
 
 impl DnsServer {
@@ -53,7 +56,12 @@ impl DnsServer {
                 settings.tcp.clone(),
             )));
         }
-        let shared = udp::Shared::new(responder, fallback, tokio::runtime::Handle::current());
+        let shared = udp::Shared::new(
+            responder,
+            fallback,
+            tokio::runtime::Handle::current(),
+            settings.rate_limit,
+        );
         let udp = UdpFront::start(udp_sockets, shared)?;
         Ok(DnsServer {
             udp,

@@ -21,6 +21,7 @@ use tokio::runtime::Handle;
 use tracing::{error, warn};
 
 use super::front::{Fallback, Reply, Responder, Transport};
+use super::rate_limit::{truncated, RateLimitSettings, RateLimiter, Verdict};
 use super::wire::{Scratch, MAX_UDP_RESPONSE};
 use crate::metrics;
 
@@ -47,15 +48,23 @@ pub struct Shared {
     pub responder: Arc<Responder>,
     pub fallback: Fallback,
     pub runtime: Handle,
+    /// `dns.rate_limit`, when set: each thread keeps its own buckets.
+    pub rate_limit: Option<RateLimitSettings>,
     fallbacks_in_flight: Arc<AtomicUsize>,
 }
 
 impl Shared {
-    pub fn new(responder: Arc<Responder>, fallback: Fallback, runtime: Handle) -> Shared {
+    pub fn new(
+        responder: Arc<Responder>,
+        fallback: Fallback,
+        runtime: Handle,
+        rate_limit: Option<RateLimitSettings>,
+    ) -> Shared {
         Shared {
             responder,
             fallback,
             runtime,
+            rate_limit,
             fallbacks_in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -117,6 +126,7 @@ fn serve(socket: Arc<UdpSocket>, shared: Shared, stop: Arc<AtomicBool>) {
     let mut outgoing = Outgoing::new();
     let mut scratch = Scratch::default();
     let mut errors = ErrorLog::default();
+    let mut limiter = shared.rate_limit.map(RateLimiter::new);
     while !stop.load(Ordering::Relaxed) {
         let received = match incoming.receive(&socket) {
             Ok(received) => received,
@@ -140,11 +150,24 @@ fn serve(socket: Arc<UdpSocket>, shared: Shared, stop: Arc<AtomicBool>) {
                     .respond(packet, Transport::Udp, &mut scratch)
                 {
                     Reply::Send(response) => {
-                        metrics::count_answer(response, Transport::Udp);
-                        outgoing.queue(source, response);
+                        match limit(&mut limiter, &source, received_at) {
+                            Verdict::Send => {
+                                metrics::count_answer(response, Transport::Udp);
+                                outgoing.queue(source, response);
+                            }
+                            Verdict::Slip => {
+                                if let Some(cut) = truncated(response) {
+                                    metrics::count_answer(&cut, Transport::Udp);
+                                    outgoing.queue(source, &cut);
+                                }
+                            }
+                            Verdict::Drop => {}
+                        }
                         false
                     }
-                    Reply::Fallback => true,
+                    // A query for the slow path spends its client's token up front;
+                    // over the limit it is dropped (there is no answer yet to slip).
+                    Reply::Fallback => limit(&mut limiter, &source, received_at) == Verdict::Send,
                     Reply::Ignore => false,
                 }
             }));
@@ -173,6 +196,18 @@ fn serve(socket: Arc<UdpSocket>, shared: Shared, stop: Arc<AtomicBool>) {
             }
         }
     }
+}
+
+/// The rate limiter's verdict on a response to `source`: always `Send` without one.
+fn limit(limiter: &mut Option<RateLimiter>, source: &Source, now: Instant) -> Verdict {
+    let (Some(limiter), Some(address)) = (limiter.as_mut(), source.address()) else {
+        return Verdict::Send;
+    };
+    let verdict = limiter.check(address.ip(), now);
+    if verdict != Verdict::Send {
+        metrics::rate_limited(verdict == Verdict::Slip);
+    }
+    verdict
 }
 
 /// Answers a query on the tokio runtime through the Catalog, and sends the response.
