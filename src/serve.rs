@@ -117,8 +117,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     if let Some(http) = &http {
         ready.push_str(&format!(" http={}", http.local_addr));
     }
-    println!("{ready}");
+    // Ready for probes before the line says so: whoever reads it may probe at once.
     readiness.set_ready();
+    println!("{ready}");
 
     let mut reloader = Reloader {
         config_path,
