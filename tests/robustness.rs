@@ -197,3 +197,38 @@ fn odd_queries_in_our_zone_get_well_formed_answers() {
     }
     still_answers(&server);
 }
+
+#[test]
+fn compression_loops_and_oversized_datagrams_are_refused_or_dropped() {
+    let mut server = Svcdns::start();
+    server.register(json!({"op": "register", "service": "web", "id": "web-1", "addresses": ["10.0.0.5"], "port": 80}));
+    // A question name that points at itself, and two names pointing at each other.
+    let self_loop = [
+        0x01, 0x02, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1,
+    ];
+    let mut two_loop = vec![0x01, 0x03, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0];
+    two_loop.extend_from_slice(&[0xc0, 0x12, 0, 1, 0, 1, 0xc0, 0x0c, 0, 1, 0, 1]);
+    for packet in [&self_loop[..], &two_loop[..]] {
+        // FORMERR when a reply is possible, or nothing; never a hang or a crash.
+        if let Some(reply) = udp_exchange(server.dns, packet, Duration::from_millis(500)) {
+            assert_eq!(reply[3] & 0x0f, 1, "FORMERR, not {reply:?}");
+            assert_eq!(&reply[..2], &packet[..2], "the query's id");
+        }
+        still_answers(&server);
+    }
+    // A datagram far larger than any query is dropped without an answer.
+    let mut huge = valid_query(9);
+    huge.resize(9000, 0);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.send_to(&huge, server.dns).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    assert!(
+        socket.recv_from(&mut buffer).is_err(),
+        "no answer to 9000 bytes"
+    );
+    still_answers(&server);
+    assert!(server.is_running());
+}
