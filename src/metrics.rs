@@ -27,6 +27,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as MetricsRegistry;
 
 use crate::dns::front::Transport;
+use crate::dns::wire::WireName;
 use crate::registry::{Reason, Registry};
 
 /// Query types counted by name; every other type is counted as `other`.
@@ -285,26 +286,12 @@ fn classify(message: &[u8]) -> (usize, usize) {
     } else {
         RCODE_OTHER
     };
-    let questions = u16::from_be_bytes([header[4], header[5]]);
-    if questions == 0 {
-        return (TYPE_NONE, rcode_slot);
-    }
-    // The question's name is never compressed: skip its labels to the type.
-    let mut at = 12;
-    loop {
-        match message.get(at) {
-            Some(0) => break,
-            Some(&len) if len < 64 => at += 1 + usize::from(len),
-            _ => return (TYPE_NONE, rcode_slot),
-        }
-    }
-    let Some(bytes) = message.get(at + 1..at + 3) else {
-        return (TYPE_NONE, rcode_slot);
-    };
-    let record_type = u16::from_be_bytes([bytes[0], bytes[1]]);
-    let type_slot = QUERY_TYPES
-        .iter()
-        .position(|(code, _)| *code == record_type)
+    let type_slot = WireName::first_question(message)
+        .and_then(|(record_type, _)| {
+            QUERY_TYPES
+                .iter()
+                .position(|(code, _)| *code == record_type)
+        })
         .unwrap_or(TYPE_NONE);
     (type_slot, rcode_slot)
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use super::wire::HEADER_LEN;
+use super::wire::{WireName, HEADER_LEN};
 
 /// `dns.rate_limit`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,18 +114,11 @@ impl RateLimiter {
 pub fn truncated(response: &[u8]) -> Option<Vec<u8>> {
     let header = response.get(..HEADER_LEN)?;
     let questions = u16::from_be_bytes([header[4], header[5]]);
-    let mut end = HEADER_LEN;
-    if questions > 0 {
-        loop {
-            match response.get(end)? {
-                0 => break,
-                &len if len < 64 => end += 1 + usize::from(len),
-                _ => return None,
-            }
-        }
-        end += 1 + 4;
-        response.get(..end)?;
-    }
+    let end = if questions == 0 {
+        HEADER_LEN
+    } else {
+        WireName::first_question(response)?.1
+    };
     let mut cut = response[..end].to_vec();
     cut[2] |= 0x02; // TC
     cut[4..6].copy_from_slice(&questions.min(1).to_be_bytes());

@@ -89,6 +89,20 @@ impl WireName {
         Some((name, at + 1))
     }
 
+    /// The record type of a message's first question and the offset where that
+    /// question ends; `None` when the message has no question or it cannot be read.
+    pub fn first_question(message: &[u8]) -> Option<(u16, usize)> {
+        let header = message.get(..HEADER_LEN)?;
+        if u16::from_be_bytes([header[4], header[5]]) == 0 {
+            return None;
+        }
+        // A question's name is never compressed.
+        let (_, used) = WireName::read(message.get(HEADER_LEN..)?)?;
+        let at = HEADER_LEN + used;
+        let fixed = message.get(at..at + 4)?;
+        Some((u16::from_be_bytes([fixed[0], fixed[1]]), at + 4))
+    }
+
     /// Reads a name from wire bytes that must hold exactly one uncompressed name.
     pub fn from_wire(wire: &[u8]) -> Option<WireName> {
         WireName::read(wire).and_then(|(name, used)| (used == wire.len()).then_some(name))
