@@ -9,7 +9,9 @@ use serde_json::{json, Map, Value};
 
 use super::auth::{Grant, Tokens};
 use crate::metrics;
-use crate::registry::spec::{key_from_json, mark_from_json, registration_from_json};
+use crate::registry::spec::{
+    key_from_json, mark_from_json, registration_from_json, reject_unknown,
+};
 use crate::registry::{
     listing, stored_instances, ConnectionId, Health, InstanceJson, InstanceKey, Label, LabelKind,
     Pending, Registry, RegistryError, View,
@@ -78,9 +80,7 @@ impl Session {
 
     /// `auth`: checks the token; a connection authenticates once.
     fn authenticate(&mut self, request: &Map<String, Value>) -> Result<Value, ProtocolError> {
-        if let Some(key) = request.keys().find(|k| *k != "op" && *k != "token") {
-            return Err(RegistryError::UnknownField(key.clone()).into());
-        }
+        reject_unknown(request, &["op", "token"], &[])?;
         let token = match request.get("token") {
             Some(Value::String(token)) => token,
             _ => {
@@ -209,12 +209,9 @@ pub fn handle_line(registry: &Registry, session: &mut Session, line: &[u8]) -> P
     };
     match op {
         "ping" => {
-            return PendingReply::Ready(match object.keys().find(|k| *k != "op") {
-                Some(key) => error_reply(
-                    Some("ping"),
-                    RegistryError::UnknownField(key.clone()).into(),
-                ),
-                None => {
+            return PendingReply::Ready(match reject_unknown(&object, &["op"], &[]) {
+                Err(e) => error_reply(Some("ping"), e.into()),
+                Ok(()) => {
                     metrics::request_succeeded("ping");
                     json!({"ok": true, "op": "ping"})
                 }
@@ -294,12 +291,9 @@ pub fn handle_line(registry: &Registry, session: &mut Session, line: &[u8]) -> P
             }
         }
         "snapshot" => {
-            return match object.keys().find(|k| *k != "op") {
-                Some(key) => PendingReply::Ready(error_reply(
-                    Some("snapshot"),
-                    RegistryError::UnknownField(key.clone()).into(),
-                )),
-                None => PendingReply::Snapshot,
+            return match reject_unknown(&object, &["op"], &[]) {
+                Err(e) => PendingReply::Ready(error_reply(Some("snapshot"), e.into())),
+                Ok(()) => PendingReply::Snapshot,
             }
         }
         "watch" => {
@@ -459,9 +453,7 @@ pub fn unavailable(op: &str) -> Value {
 
 /// The optional `service` of list and watch; other fields are refused.
 fn service_filter(request: &Map<String, Value>) -> Result<Option<Label>, ProtocolError> {
-    if let Some(key) = request.keys().find(|k| *k != "op" && *k != "service") {
-        return Err(RegistryError::UnknownField(key.clone()).into());
-    }
+    reject_unknown(request, &["op", "service"], &[])?;
     match request.get("service") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(Label::parse(text, LabelKind::Service)?)),

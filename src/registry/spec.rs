@@ -181,7 +181,8 @@ fn zone_from_json(
     }
 }
 
-fn reject_unknown(
+/// Refuses a field of `object` that is in neither `known` nor `extra`.
+pub fn reject_unknown(
     object: &Map<String, Value>,
     known: &[&str],
     extra: &[&str],
