@@ -129,15 +129,18 @@ impl StoredInstance {
     /// its health. Read back with the same parser as requests, so a stored record is
     /// checked exactly as a new registration is.
     pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.as_json()).unwrap_or_default()
+    }
+
+    fn as_json(&self) -> InstanceJson<'_> {
         let registration = &self.registration;
-        let json = InstanceJson {
+        InstanceJson {
             zone: &registration.zone,
             service: &registration.service,
             instance: &registration.instance,
             health: self.health,
             expires_in: None,
-        };
-        serde_json::to_vec(&json).unwrap_or_default()
+        }
     }
 
     pub fn from_json(bytes: &[u8], lease_deadline_unix_ms: Option<u64>) -> Result<Self, String> {
@@ -148,12 +151,12 @@ impl StoredInstance {
 
     /// A backup's record: the stored form with `lease_deadline_unix_ms`.
     pub fn to_backup(&self) -> Value {
-        let mut object: Map<String, Value> =
-            serde_json::from_slice(&self.to_json()).unwrap_or_default();
-        if let Some(deadline) = self.lease_deadline_unix_ms {
+        let mut record = serde_json::to_value(self.as_json()).unwrap_or_default();
+        if let (Some(deadline), Value::Object(object)) = (self.lease_deadline_unix_ms, &mut record)
+        {
             object.insert(BACKUP_DEADLINE.into(), Value::from(deadline));
         }
-        Value::Object(object)
+        record
     }
 
     pub fn from_backup_line(line: &str) -> Result<Self, String> {
