@@ -9,6 +9,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::registry::spec::canonical_zone;
+use crate::registry::{InstanceLimits, Limits};
 
 /// A problem with a configuration or zone file, naming the file and, where the YAML
 /// reader knows it, the line: `zones/svc.internal.yaml:12: …`.
@@ -125,6 +126,16 @@ pub struct RegistrationConfig {
     pub max_instances_per_service: usize,
     /// Instances the whole registry may hold; more are refused.
     pub max_instances: usize,
+    /// Ephemeral instances one connection may hold at once.
+    pub max_instances_per_connection: usize,
+    /// Longest request line, in bytes; a longer one gets `request_too_large`.
+    pub max_line_bytes: usize,
+    /// Addresses one instance may have.
+    pub max_addresses: usize,
+    /// Tags one instance may have.
+    pub max_tags: usize,
+    /// Bytes an instance's metadata may take as its TXT record.
+    pub max_meta_bytes: usize,
 }
 
 /// Where names outside our zones are resolved.
@@ -217,6 +228,7 @@ impl Default for DnsConfig {
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
+        let limits = Limits::default();
         RegistrationConfig {
             unix: Some(PathBuf::from("svcdns.sock")),
             unix_mode: "0660".to_string(),
@@ -226,13 +238,80 @@ impl Default for RegistrationConfig {
             tokens_file: None,
             max_connections: 1024,
             idle_timeout: 60,
-            max_instances_per_service: 50_000,
-            max_instances: 5_000_000,
+            max_instances_per_service: limits.max_instances_per_service,
+            max_instances: limits.max_instances,
+            max_instances_per_connection: limits.max_instances_per_connection,
+            max_line_bytes: 64 * 1024,
+            max_addresses: limits.instance.max_addresses,
+            max_tags: limits.instance.max_tags,
+            max_meta_bytes: limits.instance.max_meta_bytes,
         }
     }
 }
 
 impl RegistrationConfig {
+    /// What the registry takes.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            instance: InstanceLimits {
+                max_addresses: self.max_addresses,
+                max_tags: self.max_tags,
+                max_meta_bytes: self.max_meta_bytes,
+            },
+            max_instances_per_service: self.max_instances_per_service,
+            max_instances: self.max_instances,
+            max_instances_per_connection: self.max_instances_per_connection,
+        }
+    }
+
+    /// Refuses a limit outside the range it can work in.
+    fn check_limits(&self) -> Result<(), String> {
+        let ceiling = InstanceLimits::CEILING;
+        let ranges = [
+            ("max_connections", self.max_connections, 1, usize::MAX),
+            (
+                "max_instances_per_service",
+                self.max_instances_per_service,
+                1,
+                usize::MAX,
+            ),
+            ("max_instances", self.max_instances, 1, usize::MAX),
+            (
+                "max_instances_per_connection",
+                self.max_instances_per_connection,
+                1,
+                usize::MAX,
+            ),
+            // Below 1 KiB an ordinary registration would not fit; above 1 MiB one
+            // client could make us buffer more than any request needs.
+            ("max_line_bytes", self.max_line_bytes, 1024, 1024 * 1024),
+            (
+                "max_addresses",
+                self.max_addresses,
+                1,
+                ceiling.max_addresses,
+            ),
+            ("max_tags", self.max_tags, 0, ceiling.max_tags),
+            (
+                "max_meta_bytes",
+                self.max_meta_bytes,
+                0,
+                ceiling.max_meta_bytes,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if value < min || value > max {
+                let range = if max == usize::MAX {
+                    format!("at least {min}")
+                } else {
+                    format!("{min}-{max}")
+                };
+                return Err(format!("registration.{key} is {value}; it must be {range}"));
+            }
+        }
+        Ok(())
+    }
+
     /// `unix_mode` as permission bits.
     pub fn socket_mode(&self) -> Result<u32, String> {
         u32::from_str_radix(self.unix_mode.trim_start_matches("0o"), 8)
@@ -310,16 +389,7 @@ impl Config {
                 self.forward.timeout
             ));
         }
-        if self.registration.max_connections == 0 {
-            return Err("registration.max_connections must be at least 1".into());
-        }
-        if self.registration.max_instances_per_service == 0 || self.registration.max_instances == 0
-        {
-            return Err(
-                "registration.max_instances_per_service and max_instances must be at least 1"
-                    .into(),
-            );
-        }
+        self.registration.check_limits()?;
         if self.registration.idle_timeout == 0 {
             return Err("registration.idle_timeout must be at least 1 second".into());
         }

@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hickory_proto::rr::Name;
 use tracing::{info, warn};
 
+use crate::api::auth::{LiveTokens, Tokens};
 use crate::config::Config;
 use crate::dns::forward::Forwarder;
 use crate::dns::front::{Fallback, Responder};
@@ -34,6 +35,9 @@ pub struct Reloader {
     pub registry: Registry,
     pub responder: Arc<Responder>,
     pub fallback: Fallback,
+    /// The registration tokens, when `registration.tokens_file` is set: read again
+    /// from the file the server started with.
+    pub tokens: Option<Arc<LiveTokens>>,
 }
 
 /// The zones and forwarding of a configuration, ready to serve.
@@ -84,7 +88,7 @@ impl Reloader {
     /// Reads the configuration and zone files again and applies them. Logs what it
     /// did; an error says whether anything changed.
     pub async fn reload(&mut self) -> Result<()> {
-        let (config, built, plan) = self
+        let (config, built, plan, tokens) = self
             .prepare()
             .await
             .context("reload refused, nothing changed")?;
@@ -105,6 +109,10 @@ impl Reloader {
         let ignored = unreloadable_changes(&self.config, &config);
         self.config = config;
         self.specs = specs;
+        if let (Some(live), Some(tokens)) = (&self.tokens, tokens) {
+            info!(tokens = tokens.len(), "reloaded the registration tokens");
+            live.store(Arc::new(tokens));
+        }
         apply_static_services(&self.registry, &plan)
             .await
             .context("the zones were reloaded, but not every static service")?;
@@ -117,10 +125,16 @@ impl Reloader {
     }
 
     /// Reads and checks everything a reload needs, changing nothing.
-    async fn prepare(&self) -> Result<(Config, Built, StaticPlan)> {
+    async fn prepare(&self) -> Result<(Config, Built, StaticPlan, Option<Tokens>)> {
         let config = match &self.config_path {
             Some(path) => Config::load(path)?,
             None => Config::default(),
+        };
+        // The file the server started with: a new path, like any change to
+        // `registration`, waits for a restart.
+        let tokens = match (&self.tokens, &self.config.registration.tokens_file) {
+            (Some(_), Some(path)) => Some(Tokens::load(path)?),
+            _ => None,
         };
         let built = Built::new(&config, Some(&self.zones.current()))?;
         let plan = StaticPlan::new(&self.specs, &built.specs);
@@ -131,7 +145,7 @@ impl Reloader {
         })
         .await
         .context("checking the registry")??;
-        Ok((config, built, plan))
+        Ok((config, built, plan, tokens))
     }
 }
 

@@ -19,7 +19,7 @@ use crate::dns::tcp::TcpSettings;
 use crate::dns::LiveZones;
 use crate::http::{HttpServer, Readiness};
 use crate::metrics::{self, Exporter};
-use crate::registry::{Limits, Registry};
+use crate::registry::Registry;
 use crate::reload::{answering, apply_static_services, sampling, Built, Reloader, StaticPlan};
 use crate::stop::StopSignals;
 use crate::store::embedded::EmbeddedStore;
@@ -43,10 +43,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let zone_settings = built.zones.settings().into_iter().flatten().collect();
     let zones = Arc::new(LiveZones::new(built.zones));
     // The store is loaded here, before DNS answers.
-    let limits = Limits {
-        max_instances_per_service: config.registration.max_instances_per_service,
-        max_instances: config.registration.max_instances,
-    };
+    let limits = config.registration.limits();
     let registry = Registry::start(
         zone_settings,
         &config.default_zone(),
@@ -100,6 +97,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     };
     raise_open_files_limit();
     let dns = DnsServer::start(&dns_settings, responder.clone(), fallback.clone()).await?;
+    let tokens = registration_settings.tokens.clone();
     let registration = RegistrationServer::start(registry.clone(), registration_settings).await?;
 
     let origins: Vec<String> = built.specs.iter().map(|s| s.origin.to_string()).collect();
@@ -129,6 +127,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         registry: registry.clone(),
         responder,
         fallback,
+        tokens,
     };
     loop {
         tokio::select! {

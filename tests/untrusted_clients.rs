@@ -384,3 +384,171 @@ fn response_rate_limiting_slips_and_drops_past_the_rate_per_client_network() {
     open.register(web("web-1"));
     assert_eq!(burst_of_queries(open.dns, "127.0.0.1", 200), (200, 0));
 }
+
+#[test]
+fn instance_and_request_size_limits_follow_the_configuration() {
+    let server = with_registration(
+        "max_tags: 2\n  max_addresses: 1\n  max_meta_bytes: 64\n  max_line_bytes: 1024",
+        &[],
+    );
+    let mut client = server.connect();
+    let with = |extra: Value| {
+        let mut request = web("web-1");
+        for (key, value) in extra.as_object().unwrap() {
+            request[key] = value.clone();
+        }
+        request
+    };
+    let reply = client.send(&with(json!({"tags": ["a", "b", "c"]})));
+    assert_refused(&reply, "invalid_tag", "registration.max_tags");
+    let reply = client.send(&with(json!({"addresses": ["10.0.0.1", "10.0.0.2"]})));
+    assert_refused(&reply, "invalid_address", "registration.max_addresses");
+    let reply = client.send(&with(json!({"meta": {"notes": "x".repeat(70)}})));
+    assert_refused(&reply, "invalid_meta", "registration.max_meta_bytes");
+    let reply = client.send(&with(json!({"meta": {"padding": "x".repeat(1100)}})));
+    assert_refused(&reply, "request_too_large", "1024");
+    // Nothing refused got in; what fits does, on the same connection.
+    assert_eq!(client.send(&json!({"op": "list"}))["instances"], json!([]));
+    let reply = client.send(&with(json!({"tags": ["a", "b"], "meta": {"v": "1"}})));
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        answer_data(&server.query("a.web.svc.internal.", RecordType::A)),
+        vec!["10.0.0.1"]
+    );
+}
+
+#[test]
+fn a_connection_holds_at_most_its_share_of_ephemeral_instances() {
+    let server = with_registration("max_instances_per_connection: 2", &[]);
+    let ephemeral = |id: &str| {
+        let mut request = web(id);
+        request["ephemeral"] = json!(true);
+        request
+    };
+    let mut holder = server.connect();
+    assert_eq!(holder.send(&ephemeral("e1"))["ok"], true);
+    assert_eq!(holder.send(&ephemeral("e2"))["ok"], true);
+    let reply = holder.send(&ephemeral("e3"));
+    assert_refused(&reply, "too_many_instances", "max_instances_per_connection");
+    // Registering one it holds again is not holding another; leased and permanent
+    // instances are not held by the connection.
+    assert_eq!(holder.send(&ephemeral("e1"))["ok"], true);
+    let mut leased = web("leased");
+    leased["ttl"] = json!(60);
+    assert_eq!(holder.send(&leased)["ok"], true);
+    assert_eq!(holder.send(&web("permanent"))["ok"], true);
+    // An instance it no longer holds, deregistered or taken over by another
+    // registration, frees its place.
+    holder.send(&json!({"op": "deregister", "service": "web", "id": "e2"}));
+    assert_eq!(holder.send(&ephemeral("e3"))["ok"], true);
+    let mut other = server.connect();
+    assert_eq!(other.send(&web("e1"))["ok"], true);
+    assert_eq!(holder.send(&ephemeral("e4"))["ok"], true);
+    let reply = holder.send(&ephemeral("e5"));
+    assert_refused(&reply, "too_many_instances", "max_instances_per_connection");
+    // Each connection has its own share.
+    assert_eq!(other.send(&ephemeral("f1"))["ok"], true);
+    assert_eq!(other.send(&ephemeral("f2"))["ok"], true);
+    drop(holder);
+    let gone = eventually(WAIT, || {
+        answer_data(&server.query("e3.web.svc.internal.", RecordType::A)).is_empty()
+    });
+    assert!(gone, "the closed connection's instances are released");
+    let mut names = answer_data(&server.query("web.svc.internal.", RecordType::A));
+    names.dedup();
+    assert_eq!(
+        names,
+        vec!["10.0.0.1"],
+        "e1, f1, f2 and the others still answer"
+    );
+    let list = server.connect().send(&json!({"op": "list"}));
+    let mut ids: Vec<&str> = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["e1", "f1", "f2", "leased", "permanent"]);
+}
+
+#[test]
+fn limits_outside_their_range_stop_the_start_with_the_reason() {
+    for (line, expected) in [
+        (
+            "max_tags: 1000",
+            "registration.max_tags is 1000; it must be 0-256",
+        ),
+        (
+            "max_line_bytes: 10",
+            "registration.max_line_bytes is 10; it must be 1024-1048576",
+        ),
+        (
+            "max_instances_per_connection: 0",
+            "max_instances_per_connection is 0; it must be at least 1",
+        ),
+        (
+            "max_meta_bytes: 70000",
+            "max_meta_bytes is 70000; it must be 0-16384",
+        ),
+    ] {
+        let mut server = Svcdns::with(&[], "");
+        let config = server.dir.path().join("svcdns.yaml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let edited = text.replace("registration:\n", &format!("registration:\n  {line}\n"));
+        std::fs::write(&config, edited).unwrap();
+        let stderr = server.restart().expect_err(line);
+        assert!(stderr.contains(expected), "{line}: {stderr}");
+    }
+}
+
+#[test]
+fn sighup_reads_the_tokens_file_again_and_a_withdrawn_token_stops_writing() {
+    const NEW_TOKEN: &str = "new-web-token-0123456789";
+    let server = with_tokens();
+    let tokens = server.dir.path().join("tokens.yaml");
+    let mut sidecar = server.connect();
+    sidecar.send(&json!({"op": "auth", "token": WEB_TOKEN}));
+    assert_eq!(sidecar.send(&web("web-1"))["ok"], true);
+
+    std::fs::write(
+        &tokens,
+        format!("- {{token: {NEW_TOKEN}, services: [\"web\"]}}\n"),
+    )
+    .unwrap();
+    let logs = server.reload();
+    assert!(logs.contains("reloaded the registration tokens"), "{logs}");
+    let reply = sidecar.send(&web("web-2"));
+    assert_refused(&reply, "unauthorized", "withdrawn");
+    let mut again = server.connect();
+    let reply = again.send(&json!({"op": "auth", "token": WEB_TOKEN}));
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+    let reply = sidecar.send(&json!({"op": "auth", "token": NEW_TOKEN}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(sidecar.send(&web("web-2"))["ok"], true);
+
+    // A bad file is refused whole: the tokens in force stay.
+    std::fs::write(&tokens, "- {token: short, services: [web]}\n").unwrap();
+    let logs = server.reload();
+    assert!(
+        logs.contains("reload refused") && logs.contains("tokens.yaml"),
+        "{logs}"
+    );
+    let mut later = server.connect();
+    assert_eq!(
+        later.send(&json!({"op": "auth", "token": NEW_TOKEN}))["ok"],
+        true
+    );
+    assert_eq!(later.send(&web("web-3"))["ok"], true);
+    // What the withdrawn token registered stays: withdrawing a token stops writes,
+    // it does not remove instances.
+    let mut addresses = answer_data(&server.query("web.svc.internal.", RecordType::A));
+    addresses.dedup();
+    assert_eq!(addresses, vec!["10.0.0.1"]);
+    let list = later.send(&json!({"op": "list"}));
+    assert_eq!(
+        list["instances"].as_array().map(Vec::len),
+        Some(3),
+        "{list}"
+    );
+}

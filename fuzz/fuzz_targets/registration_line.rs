@@ -19,6 +19,7 @@ fn registry() -> &'static Registry {
         let limits = Limits {
             max_instances_per_service: 100,
             max_instances: 10_000,
+            ..Limits::default()
         };
         Registry::start(
             settings,

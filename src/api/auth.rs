@@ -11,9 +11,14 @@
 //! ```
 //! Tokens are compared in constant time, against every entry, so neither the time
 //! nor the order of entries says how much of a guess was right.
+//!
+//! SIGHUP reads the file again ([`LiveTokens`]): a connection's token is checked
+//! against the new file at its next request, so a withdrawn token stops writing at
+//! once, without a restart.
 
 use std::path::Path;
 
+use arc_swap::ArcSwap;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -21,6 +26,9 @@ use crate::config::ConfigError;
 
 /// Shortest token accepted: shorter ones can be guessed.
 const MIN_TOKEN_LEN: usize = 16;
+
+/// The tokens in force: replaced whole when the file is read again.
+pub type LiveTokens = ArcSwap<Tokens>;
 
 /// The tokens of a tokens file.
 #[derive(Debug)]
@@ -102,6 +110,15 @@ impl Tokens {
             });
         }
         Ok(Tokens { entries: checked })
+    }
+
+    /// How many tokens the file holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// The grant of `token`, if it is one of ours. Every entry is compared, each in

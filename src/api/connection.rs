@@ -16,13 +16,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use super::auth::Tokens;
+use super::auth::LiveTokens;
 use super::protocol::{self, handle_line, too_large, PendingReply, Session};
 use crate::registry::{Label, Registry, WatchItem};
-
-/// Longest request line accepted. A registration is a few hundred bytes; 64 KiB leaves
-/// room for large metadata while bounding what one client can make us buffer.
-pub const MAX_LINE: usize = 64 * 1024;
 
 /// Requests a connection may have in flight before its replies are read.
 pub const PIPELINE_DEPTH: usize = 256;
@@ -41,7 +37,10 @@ pub struct Shared {
     /// without a request.
     pub idle_timeout: Duration,
     /// Set when `registration.tokens_file` is: connections must authenticate.
-    pub tokens: Option<Arc<Tokens>>,
+    pub tokens: Option<Arc<LiveTokens>>,
+    /// Longest request line accepted (`registration.max_line_bytes`). A registration
+    /// is a few hundred bytes; the bound is what one client can make us buffer.
+    pub max_line: usize,
 }
 
 /// Serves one connection until the client closes it, goes idle, stops taking replies,
@@ -80,7 +79,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     read: R,
     queue: mpsc::Sender<PendingReply>,
 ) -> io::Result<()> {
-    let mut lines = LineReader::new(read, MAX_LINE);
+    let mut lines = LineReader::new(read, shared.max_line);
     let mut shutdown = shared.shutdown.clone();
     let mut watching = false;
     loop {
@@ -100,7 +99,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let pending = match line {
             Line::End => return Ok(()),
             _ if watching => continue,
-            Line::TooLong => PendingReply::Ready(too_large(MAX_LINE)),
+            Line::TooLong => PendingReply::Ready(too_large(shared.max_line)),
             Line::Complete(text) if text.trim_ascii().is_empty() => continue,
             Line::Complete(text) => handle_line(&shared.registry, session, text.trim_ascii()),
         };

@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use super::auth::Tokens;
+use super::auth::{LiveTokens, Tokens};
 use super::connection::{self, Shared};
 use super::protocol;
 use crate::config::{ConfigError, RegistrationConfig};
@@ -51,7 +51,9 @@ pub struct RegistrationSettings {
     /// Unix and TCP connections together, at most.
     pub max_connections: usize,
     pub idle_timeout: Duration,
-    pub tokens: Option<Arc<Tokens>>,
+    /// Shared with the reloader, which reads the file again on SIGHUP.
+    pub tokens: Option<Arc<LiveTokens>>,
+    pub max_line: usize,
 }
 
 /// The Unix socket's path and who may use it.
@@ -69,7 +71,7 @@ impl RegistrationSettings {
     pub fn from_config(config: &RegistrationConfig) -> Result<RegistrationSettings, ConfigError> {
         let setting = |key: &'static str, message: String| ConfigError::Setting { key, message };
         let tokens = match &config.tokens_file {
-            Some(path) => Some(Arc::new(Tokens::load(path)?)),
+            Some(path) => Some(Arc::new(LiveTokens::from_pointee(Tokens::load(path)?))),
             None => None,
         };
         let unix = match &config.unix {
@@ -99,6 +101,7 @@ impl RegistrationSettings {
             max_connections: config.max_connections,
             idle_timeout: Duration::from_secs(config.idle_timeout),
             tokens,
+            max_line: config.max_line_bytes,
         })
     }
 }
@@ -153,6 +156,7 @@ impl RegistrationServer {
                 shutdown: shutdown_rx,
                 idle_timeout: settings.idle_timeout,
                 tokens: settings.tokens.clone(),
+                max_line: settings.max_line,
             }),
             limit: Arc::new(Semaphore::new(settings.max_connections)),
             max_connections: settings.max_connections,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::auth::{Grant, Tokens};
+use super::auth::{Grant, LiveTokens, Tokens};
 use crate::metrics;
 use crate::registry::spec::{
     key_from_json, mark_from_json, registration_from_json, reject_unknown,
@@ -60,13 +60,20 @@ enum Access {
     /// No tokens file: anyone who can reach the socket may write.
     Open,
     /// Tokens required, none presented yet.
-    Required(Arc<Tokens>),
-    Granted(Grant),
+    Required(Arc<LiveTokens>),
+    Granted {
+        live: Arc<LiveTokens>,
+        token: String,
+        /// The tokens `grant` was read from: when the file has been read again since,
+        /// the token is checked again before it is trusted.
+        checked_in: Arc<Tokens>,
+        grant: Grant,
+    },
 }
 
 impl Session {
     /// A new connection's session; `tokens` when a tokens file is configured.
-    pub fn new(connection: ConnectionId, tokens: Option<Arc<Tokens>>) -> Session {
+    pub fn new(connection: ConnectionId, tokens: Option<Arc<LiveTokens>>) -> Session {
         Session {
             connection,
             access: match tokens {
@@ -90,22 +97,28 @@ impl Session {
                 })
             }
         };
-        let tokens = match &self.access {
-            Access::Required(tokens) => tokens,
+        let live = match &self.access {
+            Access::Required(live) => live.clone(),
             Access::Open => {
                 return Ok(json!({"ok": true, "op": "auth", "services": ["*"]}));
             }
-            Access::Granted(_) => {
+            Access::Granted { .. } => {
                 return Err(ProtocolError {
                     code: "invalid_request",
                     message: "this connection is authenticated already".into(),
                 })
             }
         };
+        let tokens = live.load_full();
         match tokens.check(token) {
             Some(grant) => {
                 let reply = json!({"ok": true, "op": "auth", "services": grant.patterns()});
-                self.access = Access::Granted(grant);
+                self.access = Access::Granted {
+                    live,
+                    token: token.clone(),
+                    checked_in: tokens,
+                    grant,
+                };
                 Ok(reply)
             }
             None => Err(ProtocolError {
@@ -115,28 +128,58 @@ impl Session {
         }
     }
 
-    /// Refuses every request but `auth` and `ping` before authentication.
-    fn check_authenticated(&self) -> Result<(), ProtocolError> {
-        match self.access {
-            Access::Required(_) => Err(ProtocolError {
-                code: "unauthorized",
-                message: "tokens are required here: send {\"op\":\"auth\",\"token\":\"…\"} first"
-                    .into(),
-            }),
-            _ => Ok(()),
-        }
+    /// Refuses every request but `auth` and `ping` before authentication, and after
+    /// a reload of the tokens file withdrew the connection's token.
+    fn check_authenticated(&mut self) -> Result<(), ProtocolError> {
+        let withdrawn = match &mut self.access {
+            Access::Open => return Ok(()),
+            Access::Required(_) => false,
+            Access::Granted {
+                live,
+                token,
+                checked_in,
+                grant,
+            } => {
+                let current = live.load_full();
+                if Arc::ptr_eq(&current, checked_in) {
+                    return Ok(());
+                }
+                match current.check(token) {
+                    Some(renewed) => {
+                        *grant = renewed;
+                        *checked_in = current;
+                        return Ok(());
+                    }
+                    None => {
+                        self.access = Access::Required(live.clone());
+                        true
+                    }
+                }
+            }
+        };
+        Err(ProtocolError {
+            code: "unauthorized",
+            message: if withdrawn {
+                "this connection's token was withdrawn when the tokens file was read again: send {\"op\":\"auth\",\"token\":\"…\"} with a current one".into()
+            } else {
+                "tokens are required here: send {\"op\":\"auth\",\"token\":\"…\"} first".into()
+            },
+        })
     }
 
-    /// Refuses a change to a service the connection's token does not cover.
+    /// Refuses a change to a service the connection's token does not cover. Runs
+    /// after [`Session::check_authenticated`], so the grant is current.
     fn check_may_write(&self, service: &Label) -> Result<(), ProtocolError> {
         match &self.access {
-            Access::Granted(grant) if !grant.allows(service.as_str()) => Err(ProtocolError {
-                code: "forbidden",
-                message: format!(
-                    "this token may write services {:?}, not {service:?}",
-                    grant.patterns()
-                ),
-            }),
+            Access::Granted { grant, .. } if !grant.allows(service.as_str()) => {
+                Err(ProtocolError {
+                    code: "forbidden",
+                    message: format!(
+                        "this token may write services {:?}, not {service:?}",
+                        grant.patterns()
+                    ),
+                })
+            }
             _ => Ok(()),
         }
     }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::ConfigError;
 use crate::registry::spec::{canonical_zone, registration_from_json};
-use crate::registry::Registration;
+use crate::registry::{InstanceLimits, Registration};
 
 /// A zone ready to serve: from a file, or the built-in default zone.
 #[derive(Debug, Clone, PartialEq)]
@@ -498,7 +498,7 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for StaticService {
         let registration = registration_from_json(&object, "", &[]).map_err(|e| e.to_string())?;
         registration
             .instance
-            .validate(&registration.service)
+            .validate(&registration.service, &InstanceLimits::CEILING)
             .map_err(|e| e.to_string())?;
         Ok(StaticService(registration))
     }

@@ -34,12 +34,15 @@ pub enum RegistryError {
     },
     #[error("meta {key:?} {problem}")]
     InvalidMeta { key: String, problem: &'static str },
-    #[error("{field} has {count} entries, at most {max} are allowed")]
+    #[error("{field} has {count} entries, at most {max} are allowed ({setting})")]
     TooMany {
         field: &'static str,
         count: usize,
         max: usize,
+        setting: &'static str,
     },
+    #[error("meta takes {bytes} bytes as a TXT record, at most {max} are allowed (registration.max_meta_bytes)")]
+    MetaTooLarge { bytes: usize, max: usize },
     #[error("{field} {value} is not {expected}")]
     BadValue {
         code: &'static str,
@@ -114,7 +117,9 @@ impl RegistryError {
                 "dns_ttl" => "invalid_dns_ttl",
                 _ => "invalid_ttl",
             },
-            RegistryError::InvalidMeta { .. } => "invalid_meta",
+            RegistryError::InvalidMeta { .. } | RegistryError::MetaTooLarge { .. } => {
+                "invalid_meta"
+            }
             RegistryError::TooMany { field, .. } => match *field {
                 "tags" => "invalid_tag",
                 _ => "invalid_address",

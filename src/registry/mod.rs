@@ -31,7 +31,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 pub use error::RegistryError;
-pub use model::{Health, Instance, InstanceJson, Label, LabelKind, Meta, Proto, Registration};
+pub use model::{
+    Health, Instance, InstanceJson, InstanceLimits, Label, LabelKind, Meta, Proto, Registration,
+};
 pub use view::{Entry, InstanceRef, View, ZoneSettings, ZoneView};
 pub use watch::{Event, Reason, WatchItem, WatchStream};
 pub use writer::Subscription;
@@ -47,20 +49,28 @@ pub trait Admission: Send + Sync + 'static {
     fn admit(&self, zone: &str, service: &Label, instance: &Instance) -> Result<(), RegistryError>;
 }
 
-/// How many instances the registry takes: a registration beyond either is refused
-/// (`too_many_instances`), so that no client can exhaust memory or make a service's
-/// answers useless.
+/// What the registry takes (`registration:` settings): a registration beyond any of
+/// these is refused, so that no client can exhaust memory or make a service's answers
+/// useless. The counts are refused with `too_many_instances`; replacing an instance
+/// never counts against them.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// How large one instance may be.
+    pub instance: InstanceLimits,
     pub max_instances_per_service: usize,
     pub max_instances: usize,
+    /// Ephemeral instances one connection may hold at once: they are the ones tied
+    /// to a connection, and one client should not hold the registry hostage.
+    pub max_instances_per_connection: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
+            instance: InstanceLimits::DEFAULT,
             max_instances_per_service: 50_000,
             max_instances: 5_000_000,
+            max_instances_per_connection: 100_000,
         }
     }
 }
@@ -96,6 +106,7 @@ struct Shared {
     published: Arc<ArcSwap<View>>,
     admission: Arc<dyn Admission>,
     default_zone: String,
+    instance_limits: InstanceLimits,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -163,6 +174,7 @@ impl Registry {
                 published,
                 admission,
                 default_zone: default_zone.to_string(),
+                instance_limits: limits.instance,
                 writer: Mutex::new(Some(thread)),
             }),
         })
@@ -211,7 +223,7 @@ impl Registry {
     ) -> Pending<Option<u32>> {
         let checked = registration
             .instance
-            .validate(&registration.service)
+            .validate(&registration.service, &self.shared.instance_limits)
             .and_then(|()| self.zone_index(&registration.zone))
             .and_then(|zone| {
                 self.shared.admission.admit(

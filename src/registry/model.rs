@@ -27,14 +27,43 @@ pub const MAX_LEASE_SECS: u32 = 86_400;
 /// Upper bound for a per-instance record TTL; DNS caps TTLs at 2^31-1 (RFC 2181 §8) but
 /// a discovery record cached for more than a day defeats the point.
 pub const MAX_DNS_TTL: u32 = 86_400;
-/// Addresses per instance. An instance is one endpoint; a bound keeps one registration
-/// from producing a response no client can take even over TCP.
-pub const MAX_ADDRESSES: usize = 16;
-/// Tags per instance, for the same reason.
-pub const MAX_TAGS: usize = 32;
-/// The whole TXT record of an instance's metadata, at most: it must fit a UDP answer
-/// beside the rest (DNS-SD advises keeping TXT records small, RFC 6763 §6.2).
-pub const MAX_META_BYTES: usize = 4096;
+
+/// How large one instance may be (`registration.max_addresses`, `max_tags`,
+/// `max_meta_bytes`). Bounds keep one registration from making answers no client can
+/// take, even over TCP, and from taking a share of memory out of proportion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceLimits {
+    /// Addresses per instance: an instance is one endpoint, usually with one or two.
+    pub max_addresses: usize,
+    /// Tags per instance; each adds names to the zone.
+    pub max_tags: usize,
+    /// The whole TXT record of an instance's metadata. The default fits a UDP answer
+    /// beside the rest (DNS-SD advises keeping TXT records small, RFC 6763 §6.2).
+    pub max_meta_bytes: usize,
+}
+
+impl InstanceLimits {
+    pub const DEFAULT: InstanceLimits = InstanceLimits {
+        max_addresses: 16,
+        max_tags: 32,
+        max_meta_bytes: 4096,
+    };
+
+    /// The most a setting may allow. Beyond these one instance's A or AAAA set, its
+    /// names or its TXT record would crowd out everything else in a 64 KiB DNS
+    /// message; zone files (the operator's own) are held to these too.
+    pub const CEILING: InstanceLimits = InstanceLimits {
+        max_addresses: 64,
+        max_tags: 256,
+        max_meta_bytes: 16_384,
+    };
+}
+
+impl Default for InstanceLimits {
+    fn default() -> InstanceLimits {
+        InstanceLimits::DEFAULT
+    }
+}
 
 /// One DNS label in its canonical (lowercase) form: letters, digits and hyphens, not
 /// starting or ending with a hyphen, 1-63 bytes (the LDH rule of RFC 1123 §2.1).
@@ -206,10 +235,12 @@ impl Meta {
             wire.extend_from_slice(key.as_bytes());
             wire.push(b'=');
             wire.extend_from_slice(value.as_bytes());
-            if wire.len() > MAX_META_BYTES {
-                return Err(RegistryError::InvalidMeta {
-                    key: key.clone(),
-                    problem: "takes the metadata over 4096 bytes in all (its TXT record)",
+            // The configured bound is checked with the rest of the instance
+            // (`Instance::validate`); this one keeps what is buffered bounded.
+            if wire.len() > InstanceLimits::CEILING.max_meta_bytes {
+                return Err(RegistryError::MetaTooLarge {
+                    bytes: wire.len(),
+                    max: InstanceLimits::CEILING.max_meta_bytes,
                 });
             }
         }
@@ -296,17 +327,19 @@ pub struct Registration {
 }
 
 impl Instance {
-    /// Checks the cross-field rules that single-field parsing cannot see. Called by the
-    /// registry on every insert, so no source can bypass it.
-    pub fn validate(&self, service: &Label) -> Result<(), RegistryError> {
+    /// Checks the cross-field rules that single-field parsing cannot see, and the size
+    /// bounds in `limits`. Called by the registry on every insert, so no source can
+    /// bypass it.
+    pub fn validate(&self, service: &Label, limits: &InstanceLimits) -> Result<(), RegistryError> {
         if self.addresses.is_empty() {
             return Err(RegistryError::MissingField("addresses"));
         }
-        if self.addresses.len() > MAX_ADDRESSES {
+        if self.addresses.len() > limits.max_addresses {
             return Err(RegistryError::TooMany {
                 field: "addresses",
                 count: self.addresses.len(),
-                max: MAX_ADDRESSES,
+                max: limits.max_addresses,
+                setting: "registration.max_addresses",
             });
         }
         if let Some(bad) = self.addresses.iter().find(|a| !is_usable_address(a)) {
@@ -318,11 +351,18 @@ impl Instance {
         if self.port == 0 {
             return Err(RegistryError::InvalidPort(0));
         }
-        if self.tags.len() > MAX_TAGS {
+        if self.tags.len() > limits.max_tags {
             return Err(RegistryError::TooMany {
                 field: "tags",
                 count: self.tags.len(),
-                max: MAX_TAGS,
+                max: limits.max_tags,
+                setting: "registration.max_tags",
+            });
+        }
+        if self.meta.as_wire().len() > limits.max_meta_bytes {
+            return Err(RegistryError::MetaTooLarge {
+                bytes: self.meta.as_wire().len(),
+                max: limits.max_meta_bytes,
             });
         }
         for tag in &self.tags {

@@ -76,7 +76,7 @@ impl Entry {
 }
 
 /// Names one instance within the registry without holding it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InstanceRef {
     /// Index of the zone in [`View::zones`].
     pub zone: usize,

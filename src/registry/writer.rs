@@ -98,9 +98,9 @@ pub struct Writer {
     /// work, never a DNS thread's.
     retired: Vec<Arc<View>>,
     leases: Leases,
-    /// Ephemeral instances registered by each open connection (some may since have been
-    /// taken over by another registration; `Entry::owner` says who holds them now).
-    ephemeral: HashMap<ConnectionId, Vec<InstanceRef>>,
+    /// The ephemeral instances each open connection holds: exactly those whose
+    /// `Entry::owner` it is, so their count can be held to a limit.
+    ephemeral: HashMap<ConnectionId, HashSet<InstanceRef>>,
     watchers: Watchers,
     /// The changes, at INFO, rate-limited.
     change_log: ChangeLog,
@@ -134,7 +134,7 @@ struct Plan {
     events: Vec<Event>,
     changed_zones: Vec<usize>,
     /// Ephemeral instances registered by each connection in this batch.
-    owned: HashMap<ConnectionId, Vec<InstanceRef>>,
+    owned: HashMap<ConnectionId, HashSet<InstanceRef>>,
     /// `(connection, instances released)`, for the log.
     released: Vec<(ConnectionId, usize)>,
 }
@@ -147,6 +147,9 @@ enum Effect {
     },
     EndLease(Arc<Entry>),
     Own(ConnectionId, InstanceRef),
+    /// The instance left its owner: removed, or replaced by another registration.
+    Unown(ConnectionId, InstanceRef),
+    /// The connection closed.
     Disown(ConnectionId),
     Renewed(InstanceRef),
 }
@@ -285,7 +288,11 @@ impl Writer {
     }
 
     fn apply(&mut self, batch: &mut Vec<Command>) {
-        let now = Instant::now();
+        self.apply_at(batch, Instant::now());
+    }
+
+    /// Applies `batch` as of `now`, then expires the leases due by then.
+    fn apply_at(&mut self, batch: &mut Vec<Command>, now: Instant) {
         let mut plan = self.plan(batch, now, &StoreState::Writable);
         if self.store.is_durable() && !(plan.changes.is_empty() && self.unsynced.is_empty()) {
             let mut changes = std::mem::take(&mut self.unsynced);
@@ -324,8 +331,9 @@ impl Writer {
                 }
                 Effect::EndLease(entry) => self.leases.end(&entry.lease),
                 Effect::Own(connection, at) => {
-                    self.ephemeral.entry(connection).or_default().push(at)
+                    self.ephemeral.entry(connection).or_default().insert(at);
                 }
+                Effect::Unown(connection, at) => self.unown(connection, &at),
                 Effect::Disown(connection) => {
                     self.ephemeral.remove(&connection);
                 }
@@ -389,6 +397,9 @@ impl Writer {
                 continue;
             };
             self.leases.end(&entry.lease);
+            if let Some(owner) = entry.owner {
+                self.unown(owner, &at);
+            }
             if self.store.is_durable() && entry.stored {
                 self.unsynced.push(Change::Delete(key_of(&self.view, &at)));
             }
@@ -415,6 +426,13 @@ impl Writer {
                 // a crash longer than it must.
                 self.next_checkpoint = now;
             }
+        }
+    }
+
+    /// Forgets that `connection` holds the instance at `at`.
+    fn unown(&mut self, connection: ConnectionId, at: &InstanceRef) {
+        if let Some(owned) = self.ephemeral.get_mut(&connection) {
+            owned.remove(at);
         }
     }
 
@@ -511,15 +529,19 @@ impl Writer {
                 connection,
                 stored,
                 ..
-            } => Some(Ack::Lease(plan_register(
-                plan,
-                *zone,
-                registration,
-                *connection,
-                *stored,
-                &self.limits,
-                stage,
-            ))),
+            } => {
+                let held = connection.and_then(|c| self.ephemeral.get(&c));
+                Some(Ack::Lease(plan_register(
+                    plan,
+                    *zone,
+                    registration,
+                    *connection,
+                    *stored,
+                    &self.limits,
+                    held,
+                    stage,
+                )))
+            }
             Command::Renew { at, .. } => {
                 let result = match plan.view.entry(at) {
                     Some(entry) => {
@@ -591,6 +613,9 @@ impl Writer {
             Command::Release { connection } => {
                 let mut owned = self.ephemeral.get(connection).cloned().unwrap_or_default();
                 owned.extend(plan.owned.remove(connection).unwrap_or_default());
+                // Sorted, so that the watchers' events come in a stable order.
+                let mut owned: Vec<InstanceRef> = owned.into_iter().collect();
+                owned.sort_unstable();
                 let mut released = 0;
                 for at in owned {
                     let still_owned = plan
@@ -625,7 +650,8 @@ impl Writer {
 }
 
 /// Plans a registration: checks it against the plan's view, stages its store change
-/// and applies it to the view.
+/// and applies it to the view. `held` is what `connection` held before this batch.
+#[allow(clippy::too_many_arguments)]
 fn plan_register(
     plan: &mut Plan,
     zone: usize,
@@ -633,6 +659,7 @@ fn plan_register(
     connection: Option<ConnectionId>,
     stored: bool,
     limits: &Limits,
+    held: Option<&HashSet<InstanceRef>>,
     stage: impl Fn(&mut Plan, Option<Change>) -> Result<(), RegistryError>,
 ) -> Result<Option<u32>, RegistryError> {
     let Registration {
@@ -654,7 +681,22 @@ fn plan_register(
         id: instance.id.clone(),
     };
     // Replacing an instance never counts against a limit; adding one may.
-    if plan.view.entry(&at).is_none() {
+    let existing = plan.view.entry(&at);
+    let holder = connection.filter(|_| instance.ephemeral);
+    if let Some(connection) = holder.filter(|&c| existing.is_none_or(|e| e.owner != Some(c))) {
+        // Counts what the batch took over too; what it released is counted until
+        // the batch ends, so the check errs on the refusing side by at most a batch.
+        let held =
+            held.map_or(0, HashSet::len) + plan.owned.get(&connection).map_or(0, HashSet::len);
+        if held >= limits.max_instances_per_connection {
+            return Err(RegistryError::Full {
+                what: "this connection".to_string(),
+                count: held,
+                setting: "registration.max_instances_per_connection",
+            });
+        }
+    }
+    if existing.is_none() {
         let in_service = zone_view.service_size(service.as_str());
         if in_service >= limits.max_instances_per_service {
             return Err(RegistryError::Full {
@@ -693,6 +735,9 @@ fn plan_register(
     };
     stage(plan, change)?;
     if let Some(replaced) = plan.view.insert(zone, service, entry.clone()) {
+        if let Some(owner) = replaced.owner.filter(|&owner| entry.owner != Some(owner)) {
+            plan.effects.push(Effect::Unown(owner, at.clone()));
+        }
         plan.effects.push(Effect::EndLease(replaced));
     }
     if let Some(ttl) = instance.ttl {
@@ -704,7 +749,10 @@ fn plan_register(
     }
     if let Some(connection) = entry.owner {
         plan.effects.push(Effect::Own(connection, at.clone()));
-        plan.owned.entry(connection).or_default().push(at.clone());
+        // `owned` is what the batch adds to what the connection held.
+        if !held.is_some_and(|held| held.contains(&at)) {
+            plan.owned.entry(connection).or_default().insert(at.clone());
+        }
     }
     changed(&mut plan.changed_zones, zone);
     plan.events.push(Event {
@@ -722,6 +770,9 @@ fn remove(plan: &mut Plan, at: &InstanceRef, reason: Reason) -> bool {
     let Some(entry) = plan.view.remove(at) else {
         return false;
     };
+    if let Some(owner) = entry.owner {
+        plan.effects.push(Effect::Unown(owner, at.clone()));
+    }
     plan.effects.push(Effect::EndLease(entry));
     changed(&mut plan.changed_zones, at.zone);
     plan.events.push(Event {
@@ -758,5 +809,411 @@ fn not_found(at: &InstanceRef) -> RegistryError {
     RegistryError::NotFound {
         service: at.service.to_string(),
         id: at.id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer against a model of what the registry should hold: after any
+    //! sequence of registrations, renewals, deregistrations, marks, closed connections
+    //! and leases running out, applied in batches of any size, exactly the live and
+    //! healthy instances are in the answer groups DNS reads, the listing shows every
+    //! live one, and each connection holds exactly its ephemeral instances.
+    //!
+    //! Time is virtual: each batch is applied at a chosen instant, so leases run out
+    //! exactly when the model says, and the test takes no wall-clock time.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::model::{Instance, LabelKind, Meta, Proto};
+    use crate::registry::view::ZoneSettings;
+    use crate::store::MemoryStore;
+
+    const SERVICES: [&str; 2] = ["web", "db"];
+    const IDS: [&str; 4] = ["a", "b", "c", "d"];
+    const PER_CONNECTION: usize = 3;
+
+    type Key = (usize, usize);
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register {
+            key: Key,
+            address: u8,
+            ttl: Option<u32>,
+            ephemeral: bool,
+            connection: ConnectionId,
+        },
+        Renew(Key),
+        Deregister(Key),
+        Mark(Key, Health),
+        Release(ConnectionId),
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Batch(Vec<Op>),
+        /// Time passes: the writer wakes (as at a lease deadline) and expires.
+        Advance(u64),
+    }
+
+    fn key() -> impl Strategy<Value = Key> {
+        (0..SERVICES.len(), 0..IDS.len())
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (key(), 1u8..4, prop_oneof![Just(None), (1u32..4).prop_map(Some)], any::<bool>(), 1u64..4)
+                .prop_map(|(key, address, ttl, ephemeral, connection)| Op::Register {
+                    key, address, ttl, ephemeral, connection,
+                }),
+            2 => key().prop_map(Op::Renew),
+            1 => key().prop_map(Op::Deregister),
+            1 => (key(), prop_oneof![Just(Health::Healthy), Just(Health::Critical)])
+                .prop_map(|(key, health)| Op::Mark(key, health)),
+            1 => (1u64..4).prop_map(Op::Release),
+        ]
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => prop::collection::vec(op(), 1..6).prop_map(Step::Batch),
+            1 => (1u64..2500).prop_map(Step::Advance),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct Live {
+        address: u8,
+        ttl: Option<u32>,
+        deadline_ms: Option<u64>,
+        owner: Option<ConnectionId>,
+        health: Health,
+    }
+
+    /// What the registry should hold, by the rules README gives users.
+    #[derive(Default)]
+    struct Model {
+        live: BTreeMap<Key, Live>,
+    }
+
+    /// How a request should end: the lease granted, or the error code.
+    type Outcome = Result<Option<u32>, &'static str>;
+
+    impl Model {
+        fn held_by(&self, connection: ConnectionId) -> BTreeSet<Key> {
+            self.live
+                .iter()
+                .filter(|(_, live)| live.owner == Some(connection))
+                .map(|(key, _)| *key)
+                .collect()
+        }
+
+        /// Applies one batch at `now_ms`, then expires what is due. A connection's
+        /// share counts what it held when the batch began plus what the batch gave
+        /// it since it last closed (what the batch took away frees its place at the
+        /// next batch).
+        fn apply(&mut self, batch: &[Op], now_ms: u64) -> Vec<Outcome> {
+            let mut start: BTreeMap<ConnectionId, BTreeSet<Key>> = BTreeMap::new();
+            let mut added: BTreeMap<ConnectionId, BTreeSet<Key>> = BTreeMap::new();
+            for connection in 1..4 {
+                start.insert(connection, self.held_by(connection));
+            }
+            let outcomes = batch
+                .iter()
+                .map(|op| match *op {
+                    Op::Register {
+                        key,
+                        address,
+                        ttl,
+                        ephemeral,
+                        connection,
+                    } => {
+                        let existing = self.live.get(&key);
+                        if ephemeral && existing.is_none_or(|l| l.owner != Some(connection)) {
+                            let held = start[&connection].len()
+                                + added.get(&connection).map_or(0, BTreeSet::len);
+                            if held >= PER_CONNECTION {
+                                return Err("too_many_instances");
+                            }
+                        }
+                        if ephemeral && !start[&connection].contains(&key) {
+                            added.entry(connection).or_default().insert(key);
+                        }
+                        self.live.insert(
+                            key,
+                            Live {
+                                address,
+                                ttl,
+                                deadline_ms: ttl.map(|ttl| now_ms + u64::from(ttl) * 1000),
+                                owner: ephemeral.then_some(connection),
+                                health: Health::Healthy,
+                            },
+                        );
+                        Ok(ttl)
+                    }
+                    Op::Renew(key) => match self.live.get_mut(&key) {
+                        Some(live) => {
+                            if let Some(ttl) = live.ttl {
+                                live.deadline_ms = Some(now_ms + u64::from(ttl) * 1000);
+                            }
+                            Ok(live.ttl)
+                        }
+                        None => Err("not_found"),
+                    },
+                    Op::Deregister(key) => match self.live.remove(&key) {
+                        Some(_) => Ok(None),
+                        None => Err("not_found"),
+                    },
+                    Op::Mark(key, health) => match self.live.get_mut(&key) {
+                        Some(live) => {
+                            live.health = health;
+                            Ok(None)
+                        }
+                        None => Err("not_found"),
+                    },
+                    Op::Release(connection) => {
+                        self.live.retain(|_, live| live.owner != Some(connection));
+                        added.remove(&connection);
+                        Ok(None)
+                    }
+                })
+                .collect();
+            self.expire(now_ms);
+            outcomes
+        }
+
+        fn expire(&mut self, now_ms: u64) {
+            self.live
+                .retain(|_, live| live.deadline_ms.is_none_or(|deadline| deadline > now_ms));
+        }
+    }
+
+    fn label(text: &str, kind: LabelKind) -> Label {
+        Label::parse(text, kind).unwrap()
+    }
+
+    fn at((service, id): Key) -> InstanceRef {
+        InstanceRef {
+            zone: 0,
+            service: label(SERVICES[service], LabelKind::Service),
+            id: label(IDS[id], LabelKind::Id),
+        }
+    }
+
+    enum Waiting {
+        Lease(oneshot::Receiver<Result<Option<u32>, RegistryError>>),
+        Unit(oneshot::Receiver<Result<(), RegistryError>>),
+        Nothing,
+    }
+
+    impl Waiting {
+        fn outcome(self) -> Outcome {
+            let code = |e: RegistryError| e.code();
+            match self {
+                Waiting::Lease(mut reply) => reply.try_recv().expect("acknowledged").map_err(code),
+                Waiting::Unit(mut reply) => reply
+                    .try_recv()
+                    .expect("acknowledged")
+                    .map(|()| None)
+                    .map_err(code),
+                Waiting::Nothing => Ok(None),
+            }
+        }
+    }
+
+    fn command(op: &Op) -> (Command, Waiting) {
+        match op.clone() {
+            Op::Register {
+                key,
+                address,
+                ttl,
+                ephemeral,
+                connection,
+            } => {
+                let (reply, waiting) = oneshot::channel();
+                let instance = Instance {
+                    id: label(IDS[key.1], LabelKind::Id),
+                    addresses: Box::new([IpAddr::V4(Ipv4Addr::new(10, 0, 0, address))]),
+                    port: 80,
+                    proto: Proto::Tcp,
+                    priority: 0,
+                    weight: 0,
+                    tags: Box::new([]),
+                    meta: Meta::default(),
+                    dns_ttl: None,
+                    ttl,
+                    ephemeral,
+                };
+                let registration = Registration {
+                    zone: "svc.internal.".into(),
+                    service: label(SERVICES[key.0], LabelKind::Service),
+                    instance,
+                };
+                // The protocol names the connection of every registration.
+                let command = Command::Register {
+                    zone: 0,
+                    registration,
+                    connection: Some(connection),
+                    stored: true,
+                    reply,
+                };
+                (command, Waiting::Lease(waiting))
+            }
+            Op::Renew(key) => {
+                let (reply, waiting) = oneshot::channel();
+                (
+                    Command::Renew { at: at(key), reply },
+                    Waiting::Lease(waiting),
+                )
+            }
+            Op::Deregister(key) => {
+                let (reply, waiting) = oneshot::channel();
+                (
+                    Command::Deregister { at: at(key), reply },
+                    Waiting::Unit(waiting),
+                )
+            }
+            Op::Mark(key, health) => {
+                let (reply, waiting) = oneshot::channel();
+                (
+                    Command::Mark {
+                        at: at(key),
+                        health,
+                        reply,
+                    },
+                    Waiting::Unit(waiting),
+                )
+            }
+            Op::Release(connection) => (Command::Release { connection }, Waiting::Nothing),
+        }
+    }
+
+    /// The published snapshot against the model.
+    fn check(writer: &Writer, model: &Model) -> Result<(), TestCaseError> {
+        let view = writer.published.load_full();
+        let zone = view.zone(0).expect("zone");
+        prop_assert_eq!(view.total_instances(), model.live.len());
+        for (s, service) in SERVICES.iter().enumerate() {
+            let healthy: Vec<&str> = model
+                .live
+                .iter()
+                .filter(|((ms, _), live)| *ms == s && live.health == Health::Healthy)
+                .map(|((_, id), _)| IDS[*id])
+                .collect();
+            let answered = zone.service(service);
+            let mut members: Vec<String> = answered
+                .map(|svc| {
+                    svc.all()
+                        .members()
+                        .iter()
+                        .map(|e| e.id().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            members.sort();
+            let mut expected: Vec<String> = healthy.iter().map(|id| id.to_string()).collect();
+            expected.sort();
+            prop_assert_eq!(&members, &expected, "answer group of {}", service);
+            for id in IDS {
+                let found = answered.and_then(|svc| svc.instance(id)).is_some();
+                prop_assert_eq!(
+                    found,
+                    healthy.contains(&id),
+                    "{}.{} answerable",
+                    id,
+                    service
+                );
+            }
+            let addresses: BTreeSet<Ipv4Addr> = answered
+                .map(|svc| svc.all().v4().iter().map(|(a, _)| *a).collect())
+                .unwrap_or_default();
+            let expected_addresses: BTreeSet<Ipv4Addr> = model
+                .live
+                .iter()
+                .filter(|((ms, _), live)| *ms == s && live.health == Health::Healthy)
+                .map(|(_, live)| Ipv4Addr::new(10, 0, 0, live.address))
+                .collect();
+            prop_assert_eq!(addresses, expected_addresses, "A records of {}", service);
+            let listed: Vec<(String, Health)> = zone
+                .instances_of(service)
+                .into_iter()
+                .map(|(_, entry, health)| (entry.id().to_string(), health))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let expected_listing: Vec<(String, Health)> = model
+                .live
+                .iter()
+                .filter(|((ms, _), _)| *ms == s)
+                .map(|((_, id), live)| (IDS[*id].to_string(), live.health))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            prop_assert_eq!(listed, expected_listing, "listing of {}", service);
+        }
+        for connection in 1..4 {
+            let held: BTreeSet<Key> = writer
+                .ephemeral
+                .get(&connection)
+                .into_iter()
+                .flatten()
+                .map(|at| {
+                    let s = SERVICES.iter().position(|s| *s == at.service.as_str());
+                    let i = IDS.iter().position(|i| *i == at.id.as_str());
+                    (s.unwrap(), i.unwrap())
+                })
+                .collect();
+            prop_assert_eq!(
+                held,
+                model.held_by(connection),
+                "held by connection {}",
+                connection
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn exactly_the_live_healthy_instances_are_answerable(
+            steps in prop::collection::vec(step(), 1..40)
+        ) {
+            let epoch = Instant::now();
+            let zones = vec![ZoneSettings { origin: Arc::from("svc.internal."), default_ttl: 5 }];
+            let view = View::new(zones, epoch, 1);
+            let published = Arc::new(ArcSwap::from_pointee(view.clone()));
+            let limits = Limits {
+                max_instances_per_connection: PER_CONNECTION,
+                ..Limits::default()
+            };
+            let mut writer = Writer::new(view, published, Box::new(MemoryStore::default()), limits);
+            let mut model = Model::default();
+            let mut now_ms = 0;
+            for step in &steps {
+                match step {
+                    Step::Advance(ms) => {
+                        now_ms += ms;
+                        writer.apply_at(&mut Vec::new(), epoch + Duration::from_millis(now_ms));
+                        model.expire(now_ms);
+                    }
+                    Step::Batch(ops) => {
+                        let (mut batch, waiting): (Vec<Command>, Vec<Waiting>) =
+                            ops.iter().map(command).unzip();
+                        writer.apply_at(&mut batch, epoch + Duration::from_millis(now_ms));
+                        let expected = model.apply(ops, now_ms);
+                        let got: Vec<Outcome> = waiting.into_iter().map(Waiting::outcome).collect();
+                        prop_assert_eq!(got, expected, "replies to {:?}", ops);
+                    }
+                }
+                check(&writer, &model)?;
+            }
+        }
     }
 }
