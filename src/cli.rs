@@ -167,19 +167,26 @@ pub async fn register(args: RegisterArgs) -> Result<()> {
     keepalive(&endpoint, connection, &[request], ttl, stop).await
 }
 
+/// Longest silence between requests while holding leases: well inside the server's
+/// default `registration.idle_timeout` (60 s), so a long lease does not get its
+/// connection closed as idle between renewals.
+const KEEPALIVE_PING: Duration = Duration::from_secs(20);
+
 /// Holds the leases of `requests` (register requests already acknowledged) on one
 /// connection. Renews at a third of the shortest lease, so two renewals can be lost
-/// before one lapses. If the server forgot an instance (it restarted) or the
-/// connection broke, registers it again. On Ctrl-C or SIGTERM, deregisters them all
-/// and returns.
+/// before one lapses, and pings in between when renewals are further apart than
+/// [`KEEPALIVE_PING`]. If the server forgot an instance (it restarted), registers it
+/// again; if the connection broke or was closed, opens a new one. On Ctrl-C or
+/// SIGTERM, deregisters them all and returns.
 async fn keepalive(
     endpoint: &Endpoint,
-    mut connection: Connection,
+    connection: Connection,
     requests: &[Value],
     ttl: u64,
     mut stop: StopSignals,
 ) -> Result<()> {
     let period = Duration::from_millis((ttl * 1000 / 3).max(200));
+    let tick = period.min(KEEPALIVE_PING);
     let key = |op: &str, request: &Value| json!({"op": op, "service": request["service"], "id": request["id"], "zone": request.get("zone")});
     let name = |request: &Value| {
         format!(
@@ -193,40 +200,59 @@ async fn keepalive(
         requests.len(),
         period.as_secs_f64()
     );
-    'renewing: loop {
+    let mut connection = Some(connection);
+    let mut next_renewal = tokio::time::Instant::now() + period;
+    loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(tick) => {}
             _ = stop.wait() => break,
         }
+        let current = match connection.as_mut() {
+            Some(current) => current,
+            None => match Connection::open(endpoint).await {
+                Ok(fresh) => connection.insert(fresh),
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    continue;
+                }
+            },
+        };
+        if tokio::time::Instant::now() < next_renewal {
+            if let Err(e) = current.request_reconnecting(&json!({"op": "ping"})).await {
+                eprintln!("the connection to svcdns broke ({e:#}); trying again");
+                connection = None;
+            }
+            continue;
+        }
+        next_renewal = tokio::time::Instant::now() + period;
         for request in requests {
-            let Err(e) = connection.request(&key("renew", request)).await else {
+            let renewed = current.request_reconnecting(&key("renew", request)).await;
+            let Err(e) = renewed else {
                 continue;
             };
             let forgotten = e
                 .downcast_ref::<ServerError>()
                 .is_some_and(|s| s.code == "not_found");
-            eprintln!(
-                "renewing {} failed ({e:#}); registering again",
-                name(request)
-            );
             if !forgotten {
-                match Connection::open(endpoint).await {
-                    Ok(fresh) => connection = fresh,
-                    Err(e) => {
-                        eprintln!("{e:#}");
-                        continue 'renewing;
-                    }
-                }
+                eprintln!("renewing {} failed ({e:#}); trying again", name(request));
+                connection = None;
+                // At the next tick, not a period later: the lease is running.
+                next_renewal = tokio::time::Instant::now();
+                break;
             }
-            match connection.request(request).await {
-                Ok(_) => eprintln!("registered {} again", name(request)),
+            match current.request(request).await {
+                Ok(_) => eprintln!("{} was forgotten; registered it again", name(request)),
                 Err(e) => eprintln!("registering {} again failed: {e:#}", name(request)),
             }
         }
     }
+    let mut connection = match connection {
+        Some(connection) => connection,
+        None => Connection::open(endpoint).await?,
+    };
     for request in requests {
         connection
-            .request(&key("deregister", request))
+            .request_reconnecting(&key("deregister", request))
             .await
             .with_context(|| format!("deregistering {}", name(request)))?;
         println!("deregistered {}", name(request));

@@ -107,6 +107,21 @@ impl Connection {
         }
     }
 
+    /// Sends one request; if the connection is gone (closed as idle, or broken), opens
+    /// a new one and sends it again, once. For requests that mean the same on any
+    /// connection: those about leased or permanent instances, not ephemeral ones.
+    pub async fn request_reconnecting(&mut self, request: &Value) -> Result<Value> {
+        match self.request(request).await {
+            Err(e) if connection_lost(&e) => {
+                *self = Connection::open(&self.endpoint)
+                    .await
+                    .context("connecting again")?;
+                self.request(request).await
+            }
+            result => result,
+        }
+    }
+
     /// The next line from the server (for watch streams); `None` at end of stream.
     pub async fn next_message(&mut self) -> Result<Option<Value>> {
         self.line.clear();
@@ -121,6 +136,15 @@ impl Connection {
         let value = serde_json::from_str(self.line.trim_end())
             .context("the server sent a line that is not JSON")?;
         Ok(Some(value))
+    }
+}
+
+/// Whether `error` means the connection is no longer usable, rather than a refusal
+/// of the request.
+fn connection_lost(error: &anyhow::Error) -> bool {
+    match error.downcast_ref::<ServerError>() {
+        Some(refusal) => refusal.code == "idle_timeout",
+        None => true,
     }
 }
 

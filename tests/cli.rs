@@ -221,6 +221,45 @@ fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
 }
 
 #[test]
+fn keepalive_outlives_its_connection_being_closed_as_idle() {
+    // The server closes quiet connections after a second; the CLI renews every 3 s
+    // (a third of its 9 s lease), so it finds its connection closed at every
+    // renewal and at the end, and must carry on over new ones.
+    let server = Svcdns::with_registration("idle_timeout: 1", &[]);
+    let mut child = Command::new(BIN)
+        .args(["register", "kept", "k-1", "-a", "10.0.0.7", "-p", "80"])
+        .args(["--ttl", "9", "--keepalive"])
+        .current_dir(server.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let line = next_line(&lines);
+    assert!(line.starts_with("registered"), "{line}");
+    std::thread::sleep(Duration::from_millis(4500));
+    let listed = server
+        .connect()
+        .send(&serde_json::json!({"op": "list", "service": "kept"}));
+    let left = listed["instances"][0]["expires_in"].as_f64().unwrap_or(0.0);
+    assert!(
+        left > 6.0,
+        "the lease was renewed at 3 s over a new connection: {listed}"
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = exited_within_wait(&mut child, "the CLI did not exit after SIGINT");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        rcode(&server.query("k-1.kept.svc.internal.", RecordType::A)),
+        ResponseCode::NXDomain,
+        "deregistered at once, not left to its lease"
+    );
+}
+
+#[test]
 fn keepalive_holds_many_instances_on_one_connection() {
     let server = Svcdns::start();
     let instances: String = (0..50)

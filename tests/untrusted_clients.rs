@@ -17,28 +17,11 @@ use serde_json::{json, Value};
 const WEB_TOKEN: &str = "web-token-0123456789";
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 
-/// A server whose `registration:` section also has `line` (the harness writes that
-/// section itself), with `files` beside its configuration.
-fn with_registration(line: &str, files: &[(&str, String)]) -> Svcdns {
-    let mut server = Svcdns::with(&[], "");
-    for (name, text) in files {
-        std::fs::write(server.dir.path().join(name), text).unwrap();
-    }
-    let config = server.dir.path().join("svcdns.yaml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let edited = text.replace("registration:\n", &format!("registration:\n  {line}\n"));
-    std::fs::write(&config, edited).unwrap();
-    server
-        .restart()
-        .unwrap_or_else(|stderr| panic!("does not start with {line:?}: {stderr}"));
-    server
-}
-
 fn with_tokens() -> Svcdns {
     let tokens = format!(
         "- {{token: {WEB_TOKEN}, services: [\"web\", \"web-*\"]}}\n- {{token: {ADMIN_TOKEN}, services: [\"*\"]}}\n"
     );
-    with_registration("tokens_file: tokens.yaml", &[("tokens.yaml", tokens)])
+    Svcdns::with_registration("tokens_file: tokens.yaml", &[("tokens.yaml", tokens)])
 }
 
 fn web(id: &str) -> Value {
@@ -164,7 +147,7 @@ fn a_registration_port_off_loopback_without_tokens_is_refused_at_start() {
 
 #[test]
 fn over_the_connection_limit_a_client_is_told_and_closed_not_left_waiting() {
-    let server = with_registration("max_connections: 3", &[]);
+    let server = Svcdns::with_registration("max_connections: 3", &[]);
     let mut held: Vec<UnixStream> = (0..3)
         .map(|_| UnixStream::connect(&server.socket).unwrap())
         .collect();
@@ -186,7 +169,7 @@ fn over_the_connection_limit_a_client_is_told_and_closed_not_left_waiting() {
 
 #[test]
 fn idle_connections_are_closed_but_not_those_holding_ephemeral_instances_or_watches() {
-    let server = with_registration("idle_timeout: 1", &[]);
+    let server = Svcdns::with_registration("idle_timeout: 1", &[]);
     let mut idle = UnixStream::connect(&server.socket).unwrap();
     let mut sidecar = Registration::unix(&server.socket);
     let reply = sidecar.send(&json!({"op": "register", "service": "web", "id": "eph",
@@ -248,7 +231,7 @@ fn sigterm_completes_while_clients_do_not_read() {
 
 #[test]
 fn the_socket_gets_the_configured_mode() {
-    let server = with_registration("unix_mode: \"0600\"", &[]);
+    let server = Svcdns::with_registration("unix_mode: \"0600\"", &[]);
     let mode = std::fs::metadata(&server.socket)
         .unwrap()
         .permissions()
@@ -259,7 +242,7 @@ fn the_socket_gets_the_configured_mode() {
 
 #[test]
 fn instance_limits_refuse_new_instances_but_not_replacements() {
-    let server = with_registration("max_instances_per_service: 3", &[]);
+    let server = Svcdns::with_registration("max_instances_per_service: 3", &[]);
     for i in 0..3 {
         server.register(web(&format!("web-{i}")));
     }
@@ -276,7 +259,7 @@ fn instance_limits_refuse_new_instances_but_not_replacements() {
     client.send(&json!({"op": "deregister", "service": "web", "id": "web-0"}));
     assert_eq!(client.send(&web("web-3"))["ok"], true);
 
-    let server = with_registration("max_instances: 2", &[]);
+    let server = Svcdns::with_registration("max_instances: 2", &[]);
     server.register(web("a"));
     server.register(
         json!({"op": "register", "service": "db", "id": "b", "addresses": ["10.0.0.2"], "port": 1}),
@@ -387,7 +370,7 @@ fn response_rate_limiting_slips_and_drops_past_the_rate_per_client_network() {
 
 #[test]
 fn instance_and_request_size_limits_follow_the_configuration() {
-    let server = with_registration(
+    let server = Svcdns::with_registration(
         "max_tags: 2\n  max_addresses: 1\n  max_meta_bytes: 64\n  max_line_bytes: 1024",
         &[],
     );
@@ -419,7 +402,7 @@ fn instance_and_request_size_limits_follow_the_configuration() {
 
 #[test]
 fn a_connection_holds_at_most_its_share_of_ephemeral_instances() {
-    let server = with_registration("max_instances_per_connection: 2", &[]);
+    let server = Svcdns::with_registration("max_instances_per_connection: 2", &[]);
     let ephemeral = |id: &str| {
         let mut request = web(id);
         request["ephemeral"] = json!(true);
@@ -492,12 +475,9 @@ fn limits_outside_their_range_stop_the_start_with_the_reason() {
             "max_meta_bytes is 70000; it must be 0-16384",
         ),
     ] {
-        let mut server = Svcdns::with(&[], "");
-        let config = server.dir.path().join("svcdns.yaml");
-        let text = std::fs::read_to_string(&config).unwrap();
-        let edited = text.replace("registration:\n", &format!("registration:\n  {line}\n"));
-        std::fs::write(&config, edited).unwrap();
-        let stderr = server.restart().expect_err(line);
+        let Err(stderr) = Svcdns::try_with_registration(line, &[]) else {
+            panic!("starts with {line:?}");
+        };
         assert!(stderr.contains(expected), "{line}: {stderr}");
     }
 }

@@ -65,6 +65,30 @@ impl Svcdns {
         Svcdns::with(&[], "")
     }
 
+    /// A server whose `registration:` section also has `settings` (YAML lines, each
+    /// after the first indented by two spaces; the harness writes that section
+    /// itself), with `files` beside its configuration.
+    pub fn with_registration(settings: &str, files: &[(&str, String)]) -> Svcdns {
+        Svcdns::try_with_registration(settings, files)
+            .unwrap_or_else(|stderr| panic!("does not start with {settings:?}: {stderr}"))
+    }
+
+    /// As [`Svcdns::with_registration`]; what it printed when it does not start.
+    pub fn try_with_registration(
+        settings: &str,
+        files: &[(&str, String)],
+    ) -> Result<Svcdns, String> {
+        let mut server = Svcdns::with(&[], "");
+        for (name, text) in files {
+            std::fs::write(server.dir.path().join(name), text).expect("write a file");
+        }
+        let config = server.dir.path().join("svcdns.yaml");
+        let text = std::fs::read_to_string(&config).expect("read svcdns.yaml");
+        let edited = text.replace("registration:\n", &format!("registration:\n  {settings}\n"));
+        std::fs::write(&config, edited).expect("write svcdns.yaml");
+        server.restart().map(|()| server)
+    }
+
     /// Starts svcdns with these zone files (name, content) and extra config lines.
     pub fn with(zones: &[(&str, &str)], extra_config: &str) -> Svcdns {
         match Svcdns::try_start(zones, extra_config) {
