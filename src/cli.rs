@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};
-use svcdns::client::{Connection, Endpoint, ServerError};
+use svcdns::client::{Connection, Endpoint};
 use svcdns::config::Config;
 use svcdns::stop::StopSignals;
 use svcdns::store::embedded::EmbeddedStore;
 use svcdns::store::{StoreError, StoredInstance, BACKUP_FORMAT};
+use tokio::time::Instant;
 
 use crate::ConnectArgs;
 
@@ -172,12 +173,29 @@ pub async fn register(args: RegisterArgs) -> Result<()> {
 /// connection closed as idle between renewals.
 const KEEPALIVE_PING: Duration = Duration::from_secs(20);
 
+/// Wait before renewing over a new connection after the old one broke.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// `id.service` of a register request, for messages.
+fn instance_name(request: &Value) -> String {
+    format!(
+        "{}.{}",
+        request["id"].as_str().unwrap_or("?"),
+        request["service"].as_str().unwrap_or("?")
+    )
+}
+
+/// The request naming the instance of `register` for `op` (renew, deregister).
+fn instance_request(op: &str, register: &Value) -> Value {
+    json!({"op": op, "service": register["service"], "id": register["id"], "zone": register.get("zone")})
+}
+
 /// Holds the leases of `requests` (register requests already acknowledged) on one
-/// connection. Renews at a third of the shortest lease, so two renewals can be lost
-/// before one lapses, and pings in between when renewals are further apart than
-/// [`KEEPALIVE_PING`]. If the server forgot an instance (it restarted), registers it
-/// again; if the connection broke or was closed, opens a new one. On Ctrl-C or
-/// SIGTERM, deregisters them all and returns.
+/// connection. Renews them all, pipelined, at a third of the shortest lease, so two
+/// renewals can be lost before one lapses, and pings in between when renewals are
+/// further apart than [`KEEPALIVE_PING`]. If the server forgot an instance (it
+/// restarted), registers it again; if the connection broke or was closed, opens a
+/// new one. On Ctrl-C or SIGTERM, deregisters them all and returns.
 async fn keepalive(
     endpoint: &Endpoint,
     connection: Connection,
@@ -186,25 +204,22 @@ async fn keepalive(
     mut stop: StopSignals,
 ) -> Result<()> {
     let period = Duration::from_millis((ttl * 1000 / 3).max(200));
-    let tick = period.min(KEEPALIVE_PING);
-    let key = |op: &str, request: &Value| json!({"op": op, "service": request["service"], "id": request["id"], "zone": request.get("zone")});
-    let name = |request: &Value| {
-        format!(
-            "{}.{}",
-            request["id"].as_str().unwrap_or("?"),
-            request["service"].as_str().unwrap_or("?")
-        )
-    };
+    let renewals: Vec<Value> = requests
+        .iter()
+        .map(|request| instance_request("renew", request))
+        .collect();
     eprintln!(
         "keeping {} lease(s) alive every {:.1}s on one connection; Ctrl-C to deregister and exit",
         requests.len(),
         period.as_secs_f64()
     );
     let mut connection = Some(connection);
-    let mut next_renewal = tokio::time::Instant::now() + period;
+    let mut next_renewal = Instant::now() + period;
     loop {
+        // Renewals start a period apart however long a round takes.
+        let wake = next_renewal.min(Instant::now() + KEEPALIVE_PING);
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = stop.wait() => break,
         }
         let current = match connection.as_mut() {
@@ -213,36 +228,28 @@ async fn keepalive(
                 Ok(fresh) => connection.insert(fresh),
                 Err(e) => {
                     eprintln!("{e:#}");
+                    next_renewal = Instant::now() + RETRY_AFTER;
                     continue;
                 }
             },
         };
-        if tokio::time::Instant::now() < next_renewal {
-            if let Err(e) = current.request_reconnecting(&json!({"op": "ping"})).await {
+        let started = Instant::now();
+        let outcome = if started < next_renewal {
+            let ping = [json!({"op": "ping"})];
+            current.pipeline_reconnecting(&ping).await.map(drop)
+        } else {
+            renew_all(current, requests, &renewals).await
+        };
+        match outcome {
+            Ok(()) if started >= next_renewal => next_renewal = started + period,
+            Ok(()) => {}
+            Err(e) => {
                 eprintln!("the connection to svcdns broke ({e:#}); trying again");
                 connection = None;
-            }
-            continue;
-        }
-        next_renewal = tokio::time::Instant::now() + period;
-        for request in requests {
-            let renewed = current.request_reconnecting(&key("renew", request)).await;
-            let Err(e) = renewed else {
-                continue;
-            };
-            let forgotten = e
-                .downcast_ref::<ServerError>()
-                .is_some_and(|s| s.code == "not_found");
-            if !forgotten {
-                eprintln!("renewing {} failed ({e:#}); trying again", name(request));
-                connection = None;
-                // At the next tick, not a period later: the lease is running.
-                next_renewal = tokio::time::Instant::now();
-                break;
-            }
-            match current.request(request).await {
-                Ok(_) => eprintln!("{} was forgotten; registered it again", name(request)),
-                Err(e) => eprintln!("registering {} again failed: {e:#}", name(request)),
+                // Renewed (early, if need be) over a new connection soon: not at
+                // once, as the server may be restarting, nor a period later, as the
+                // leases are running.
+                next_renewal = Instant::now() + RETRY_AFTER;
             }
         }
     }
@@ -250,12 +257,68 @@ async fn keepalive(
         Some(connection) => connection,
         None => Connection::open(endpoint).await?,
     };
-    for request in requests {
-        connection
-            .request_reconnecting(&key("deregister", request))
-            .await
-            .with_context(|| format!("deregistering {}", name(request)))?;
-        println!("deregistered {}", name(request));
+    let deregistrations: Vec<Value> = requests
+        .iter()
+        .map(|request| instance_request("deregister", request))
+        .collect();
+    let outcomes = connection
+        .pipeline_reconnecting(&deregistrations)
+        .await
+        .context("deregistering")?;
+    let mut failed = 0;
+    for (request, outcome) in requests.iter().zip(outcomes) {
+        match outcome {
+            // Gone already (its lease ran out, or an earlier try got through).
+            Ok(_) => {}
+            Err(refusal) if refusal.code == "not_found" => {}
+            Err(refusal) => {
+                eprintln!("deregistering {} failed: {refusal}", instance_name(request));
+                failed += 1;
+            }
+        }
+    }
+    match (failed, requests) {
+        (0, [one]) => println!("deregistered {}", instance_name(one)),
+        (0, _) => println!("deregistered {} instances", requests.len()),
+        _ => bail!(
+            "{failed} of {} instances were not deregistered",
+            requests.len()
+        ),
+    }
+    Ok(())
+}
+
+/// One renewal of every lease, pipelined; instances the server forgot are registered
+/// again. Fails only when the connection is lost.
+async fn renew_all(
+    connection: &mut Connection,
+    requests: &[Value],
+    renewals: &[Value],
+) -> Result<()> {
+    let outcomes = connection.pipeline_reconnecting(renewals).await?;
+    let mut forgotten = Vec::new();
+    for (request, outcome) in requests.iter().zip(outcomes) {
+        match outcome {
+            Ok(_) => {}
+            Err(refusal) if refusal.code == "not_found" => forgotten.push(request.clone()),
+            Err(refusal) => eprintln!("renewing {} failed: {refusal}", instance_name(request)),
+        }
+    }
+    if forgotten.is_empty() {
+        return Ok(());
+    }
+    let outcomes = connection.pipeline(&forgotten).await?;
+    for (request, outcome) in forgotten.iter().zip(outcomes) {
+        match outcome {
+            Ok(_) => eprintln!(
+                "{} was forgotten; registered it again",
+                instance_name(request)
+            ),
+            Err(refusal) => eprintln!(
+                "registering {} again failed: {refusal}",
+                instance_name(request)
+            ),
+        }
     }
     Ok(())
 }
@@ -290,15 +353,30 @@ pub async fn keepalive_file(file: &Path, connect: &ConnectArgs) -> Result<()> {
     let stop = StopSignals::install()?;
     let mut connection = Connection::open(&endpoint).await?;
     let mut ttl = u64::MAX;
-    for request in &requests {
-        let reply = connection.request(request).await.with_context(|| {
-            format!(
-                "registering {}.{}",
-                request["id"].as_str().unwrap_or("?"),
-                request["service"].as_str().unwrap_or("?")
-            )
-        })?;
-        ttl = ttl.min(reply["ttl"].as_u64().unwrap_or(KEEPALIVE_DEFAULT_TTL));
+    let outcomes = connection
+        .pipeline(&requests)
+        .await
+        .context("registering")?;
+    let mut refused = Vec::new();
+    let mut registered = Vec::new();
+    for (request, outcome) in requests.iter().zip(outcomes) {
+        match outcome {
+            Ok(reply) => {
+                ttl = ttl.min(reply["ttl"].as_u64().unwrap_or(KEEPALIVE_DEFAULT_TTL));
+                registered.push(instance_request("deregister", request));
+            }
+            Err(refusal) => refused.push(format!("{}: {refusal}", instance_name(request))),
+        }
+    }
+    if !refused.is_empty() {
+        // All or nothing: what did register is taken back before giving up.
+        let _ = connection.pipeline(&registered).await;
+        bail!(
+            "{} of {} instances were refused, so none is kept: {}",
+            refused.len(),
+            requests.len(),
+            refused.join("; ")
+        );
     }
     println!("registered {} instances", requests.len());
     keepalive(&endpoint, connection, &requests, ttl, stop).await

@@ -42,6 +42,14 @@ pub struct ServerError {
 type BoxedRead = Box<dyn AsyncRead + Unpin + Send>;
 type BoxedWrite = Box<dyn AsyncWrite + Unpin + Send>;
 
+/// Requests sent ahead of their replies by [`Connection::pipeline`]: within what the
+/// server reads ahead (256), and small enough that neither side's socket buffer fills
+/// while the other is not reading.
+const PIPELINE_WINDOW: usize = 128;
+
+/// One pipelined request's outcome: its reply, or the server's refusal.
+pub type Outcome = std::result::Result<Value, ServerError>;
+
 pub struct Connection {
     reader: BufReader<BoxedRead>,
     writer: BoxedWrite,
@@ -107,16 +115,52 @@ impl Connection {
         }
     }
 
-    /// Sends one request; if the connection is gone (closed as idle, or broken), opens
-    /// a new one and sends it again, once. For requests that mean the same on any
-    /// connection: those about leased or permanent instances, not ephemeral ones.
-    pub async fn request_reconnecting(&mut self, request: &Value) -> Result<Value> {
-        match self.request(request).await {
+    /// Sends `requests` pipelined, a window at a time, and returns each one's outcome
+    /// in order: its reply or the server's refusal of it. Fails as a whole when the
+    /// connection is lost. Many requests cost a few round trips, not one each.
+    pub async fn pipeline(&mut self, requests: &[Value]) -> Result<Vec<Outcome>> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut bytes = Vec::new();
+        for window in requests.chunks(PIPELINE_WINDOW) {
+            bytes.clear();
+            for request in window {
+                serde_json::to_writer(&mut bytes, request)?;
+                bytes.push(b'\n');
+            }
+            self.writer
+                .write_all(&bytes)
+                .await
+                .context("sending requests")?;
+            self.writer.flush().await.context("sending requests")?;
+            for _ in window {
+                let reply = self
+                    .next_message()
+                    .await?
+                    .context("the server closed the connection")?;
+                match check(reply).map_err(|e| e.downcast::<ServerError>()) {
+                    Ok(reply) => outcomes.push(Ok(reply)),
+                    Err(Ok(refusal)) if refusal.code == "idle_timeout" => {
+                        return Err(refusal.into())
+                    }
+                    Err(Ok(refusal)) => outcomes.push(Err(refusal)),
+                    Err(Err(other)) => return Err(other),
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// As [`Connection::pipeline`], but if the connection is gone (closed as idle, or
+    /// broken), opens a new one and sends them all again, once. For requests that
+    /// mean the same on any connection and may be repeated: those about leased or
+    /// permanent instances, not ephemeral ones.
+    pub async fn pipeline_reconnecting(&mut self, requests: &[Value]) -> Result<Vec<Outcome>> {
+        match self.pipeline(requests).await {
             Err(e) if connection_lost(&e) => {
                 *self = Connection::open(&self.endpoint)
                     .await
                     .context("connecting again")?;
-                self.request(request).await
+                self.pipeline(requests).await
             }
             result => result,
         }

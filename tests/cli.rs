@@ -309,6 +309,30 @@ fn keepalive_holds_many_instances_on_one_connection() {
 }
 
 #[test]
+fn keepalive_of_a_file_with_a_refused_instance_keeps_none() {
+    let server = Svcdns::start();
+    let instances = "- {service: pool, id: p-1, addresses: [10.0.1.1], port: 80}\n\
+                     - {service: pool, id: p-2, addresses: [10.0.1.2], port: 0}\n\
+                     - {service: pool, id: p-3, addresses: [10.0.1.3], port: 80}\n";
+    std::fs::write(server.dir.path().join("instances.yaml"), instances).unwrap();
+    let output = Command::new(BIN)
+        .args(["keepalive", "instances.yaml"])
+        .current_dir(server.dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("p-2.pool") && stderr.contains("invalid_port"),
+        "{stderr}"
+    );
+    let listed = server
+        .connect()
+        .send(&serde_json::json!({"op": "list", "service": "pool"}));
+    assert_eq!(listed["instances"], serde_json::json!([]), "{listed}");
+}
+
+#[test]
 fn watch_prints_the_present_instances_then_changes() {
     let server = Svcdns::start();
     server.register(serde_json::json!({"op": "register", "service": "web", "id": "web-1", "addresses": ["10.0.0.5"], "port": 80}));
