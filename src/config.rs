@@ -75,6 +75,8 @@ pub struct Config {
     pub forward: ForwardConfig,
     pub data_dir: Option<PathBuf>,
     pub http: Option<HttpConfig>,
+    /// Keep the registry in etcd, shared with every node on the same prefix.
+    pub etcd: Option<EtcdConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -189,6 +191,30 @@ fn default_ipv6_prefix() -> u8 {
     56
 }
 
+/// The registry in etcd (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Members to connect to (`host:port` or URLs); the client uses any that answers.
+    pub endpoints: Vec<String>,
+    /// Key prefix of this registry; nodes sharing it share the registry.
+    #[serde(default = "EtcdConfig::default_prefix")]
+    pub prefix: String,
+    /// Seconds a node's ephemeral instances outlive the node (its lease's TTL).
+    #[serde(default = "EtcdConfig::default_lease_ttl")]
+    pub lease_ttl: u64,
+}
+
+impl EtcdConfig {
+    fn default_prefix() -> String {
+        "/svcdns/".to_string()
+    }
+
+    fn default_lease_ttl() -> u64 {
+        10
+    }
+}
+
 /// The operations endpoint: `/metrics`, `/health`, `/ready`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +231,7 @@ impl Default for Config {
             default_zone: "svc.internal.".to_string(),
             forward: ForwardConfig::default(),
             data_dir: None,
+            etcd: None,
             http: None,
         }
     }
@@ -390,6 +417,26 @@ impl Config {
             ));
         }
         self.registration.check_limits()?;
+        if let Some(etcd) = &self.etcd {
+            if etcd.endpoints.is_empty() {
+                return Err("etcd.endpoints is empty: list at least one member".into());
+            }
+            if !etcd.prefix.starts_with('/') || !etcd.prefix.ends_with('/') {
+                return Err(format!(
+                    "etcd.prefix {:?} must start and end with '/'",
+                    etcd.prefix
+                ));
+            }
+            if !(2..=3600).contains(&etcd.lease_ttl) {
+                return Err(format!(
+                    "etcd.lease_ttl {} must be 2-3600 seconds",
+                    etcd.lease_ttl
+                ));
+            }
+            if self.data_dir.is_some() {
+                return Err("data_dir and etcd are two homes for the registry: set one".into());
+            }
+        }
         if self.registration.idle_timeout == 0 {
             return Err("registration.idle_timeout must be at least 1 second".into());
         }

@@ -337,6 +337,7 @@ fn unreloadable_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (old.registration != new.registration, "registration"),
         (old.default_zone != new.default_zone, "default_zone"),
         (old.data_dir != new.data_dir, "data_dir"),
+        (old.etcd != new.etcd, "etcd"),
         (old.http != new.http, "http"),
     ]
     .into_iter()

@@ -36,10 +36,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let built = Built::new(&config, None)?;
     // Read now, so that a bad tokens file stops the start before anything listens.
     let registration_settings = RegistrationSettings::from_config(&config.registration)?;
-    let store: Box<dyn Store> = match &config.data_dir {
-        Some(data_dir) => Box::new(EmbeddedStore::open(data_dir)?),
-        None => Box::new(MemoryStore::default()),
-    };
+    let store = open_store(&config)?;
     let zone_settings = built.zones.settings().into_iter().flatten().collect();
     let zones = Arc::new(LiveZones::new(built.zones));
     // The store is loaded here, before DNS answers.
@@ -185,4 +182,21 @@ fn raise_open_files_limit() {
         to = limit.rlim_cur,
         "raised the open files limit"
     );
+}
+
+/// The registry's home: etcd, `data_dir`, or memory.
+fn open_store(config: &Config) -> Result<Box<dyn Store>> {
+    if let Some(etcd) = &config.etcd {
+        #[cfg(feature = "etcd")]
+        return Ok(Box::new(crate::store::etcd::EtcdStore::connect(etcd)?));
+        #[cfg(not(feature = "etcd"))]
+        anyhow::bail!(
+            "etcd ({}) is configured, but this svcdns was built without etcd support: build it with `cargo build --release --features etcd` (which needs protoc, Debian's protobuf-compiler)",
+            etcd.endpoints.join(",")
+        );
+    }
+    Ok(match &config.data_dir {
+        Some(data_dir) => Box::new(EmbeddedStore::open(data_dir)?),
+        None => Box::new(MemoryStore::default()),
+    })
 }

@@ -135,7 +135,12 @@ impl Registry {
         let (queue, commands) = mpsc::channel();
         let durable = store.is_durable();
         let source = store.describe();
-        let mut writer = Writer::new(view, published.clone(), store, limits);
+        // What a shared store reports waits in the queue until the writer has loaded.
+        let feed = queue.clone();
+        store.follow(Box::new(move |remote| {
+            feed.send(Command::Remote(remote)).is_ok()
+        }));
+        let mut writer = Writer::new(view, published.clone(), store, limits, admission.clone());
         let (count, left_out) = writer.load(loaded, admission.as_ref());
         if durable {
             tracing::info!(

@@ -38,8 +38,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// `stored`: whether the instance belongs in the durable store, unless it is
-    /// ephemeral (those never do).
+    /// `stored`: whether the instance belongs in the store (the writer decides:
+    /// static instances never do, ephemeral ones only in a shared store).
     pub fn new(
         instance: Instance,
         zone_default_ttl: u32,
@@ -52,7 +52,7 @@ impl Entry {
         Entry {
             dns_ttl: instance.dns_ttl.unwrap_or(zone_default_ttl).min(lease),
             owner: owner.filter(|_| instance.ephemeral),
-            stored: stored && !instance.ephemeral,
+            stored,
             instance,
             lease: LeaseSlot::default(),
         }

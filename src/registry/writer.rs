@@ -14,6 +14,11 @@
 //! (`store_unavailable`) and changes nothing, while the rest (renewals, ephemeral
 //! instances, watches) goes on. Lease expiries are not requests: they happen in
 //! memory whatever the store says, and their deletions are retried until committed.
+//!
+//! With a shared store (etcd) the writer commits there and applies only what the
+//! store reports back, see [`shared`].
+
+mod shared;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -32,7 +37,7 @@ use super::watch::{Event, Reason, WatchStream, Watchers};
 use super::{stored_instance, unix_ms, wall_deadline};
 use super::{Admission, ConnectionId, InstanceKey, Limits, RegistryError};
 use crate::metrics;
-use crate::store::{Change, Loaded, Store, StoredInstance};
+use crate::store::{Change, Loaded, Remote, Store, StoredInstance};
 
 /// Most requests applied as one batch, so a request waits for at most this many others.
 const MAX_BATCH: usize = 1024;
@@ -77,6 +82,8 @@ pub enum Command {
     Release {
         connection: ConnectionId,
     },
+    /// What a shared store reports (other nodes' changes and our own, in order).
+    Remote(Remote),
     Watch {
         filter: Option<Label>,
         reply: oneshot::Sender<Subscription>,
@@ -112,6 +119,8 @@ pub struct Writer {
     renewed: HashSet<InstanceRef>,
     next_checkpoint: Instant,
     limits: Limits,
+    /// What the store is shared with other nodes: see [`shared`].
+    shared: Option<shared::Following>,
 }
 
 /// Whether a batch may change stored data.
@@ -165,7 +174,9 @@ impl Writer {
         published: Arc<ArcSwap<View>>,
         store: Box<dyn Store>,
         limits: Limits,
+        admission: Arc<dyn Admission>,
     ) -> Writer {
+        let shared = store.is_shared().then(|| shared::Following::new(admission));
         Writer {
             leases: Leases::new(view.epoch()),
             view,
@@ -179,6 +190,7 @@ impl Writer {
             renewed: HashSet::new(),
             next_checkpoint: Instant::now() + LEASE_CHECKPOINT,
             limits,
+            shared,
         }
     }
 
@@ -225,8 +237,9 @@ impl Writer {
                 service: service.clone(),
                 id: instance.id.clone(),
             };
-            let ttl = instance.ttl;
+            let ttl = instance.ttl.filter(|_| self.shared.is_none());
             let entry = Arc::new(Entry::new(instance, default_ttl, None, true));
+            // A shared store runs leases itself.
             if let Some(ttl) = ttl {
                 // The time it had left, plus one full lease of grace.
                 let remaining = lease_deadline_unix_ms.map_or(0, |d| d.saturating_sub(now_wall));
@@ -255,6 +268,7 @@ impl Writer {
                 self.leases.next_deadline(),
                 self.change_log.deadline(),
                 checkpoint,
+                self.shared.as_ref().and_then(shared::Following::deadline),
             ]
             .into_iter()
             .flatten()
@@ -293,6 +307,9 @@ impl Writer {
 
     /// Applies `batch` as of `now`, then expires the leases due by then.
     fn apply_at(&mut self, batch: &mut Vec<Command>, now: Instant) {
+        if self.shared.is_some() && !self.apply_shared(batch, now) {
+            return;
+        }
         let mut plan = self.plan(batch, now, &StoreState::Writable);
         if self.store.is_durable() && !(plan.changes.is_empty() && self.unsynced.is_empty()) {
             let mut changes = std::mem::take(&mut self.unsynced);
@@ -354,29 +371,12 @@ impl Writer {
         self.checkpoint(now, false);
         self.publish(&changed_zones);
 
-        // A requester that went away no longer needs its answer: send errors are ignored.
-        let mut watches = Vec::new();
-        for (command, ack) in batch.drain(..).zip(acks) {
-            match (command, ack) {
-                (
-                    Command::Register { reply, .. } | Command::Renew { reply, .. },
-                    Some(Ack::Lease(result)),
-                ) => drop(reply.send(result)),
-                (
-                    Command::Deregister { reply, .. }
-                    | Command::Mark { reply, .. }
-                    | Command::Reconfigure { reply, .. },
-                    Some(Ack::Unit(result)),
-                ) => drop(reply.send(result)),
-                (Command::Watch { filter, reply }, _) => watches.push((filter, reply)),
-                _ => {}
-            }
-        }
-        for event in &events {
-            metrics::registry_changed(event.reason);
-        }
-        self.watchers.dispatch(&events);
-        self.change_log.record(&events, now);
+        let watches: Vec<_> = batch
+            .drain(..)
+            .zip(acks)
+            .filter_map(|(command, ack)| send_reply(command, ack))
+            .collect();
+        self.announce(&events, now);
         for (filter, reply) in watches {
             let events = self.watchers.add(filter);
             let snapshot = self.published.load_full();
@@ -385,6 +385,15 @@ impl Writer {
         // Freeing what the batch replaced is not part of any request's wait.
         self.retired
             .retain(|snapshot| Arc::strong_count(snapshot) > 1);
+    }
+
+    /// Tells the metrics, the watchers and the log what changed.
+    fn announce(&mut self, events: &[Event], now: Instant) {
+        for event in events {
+            metrics::registry_changed(event.reason);
+        }
+        self.watchers.dispatch(events);
+        self.change_log.record(events, now);
     }
 
     /// Lease expiries: in memory at once, whatever the store says; their deletions go
@@ -531,12 +540,14 @@ impl Writer {
                 ..
             } => {
                 let held = connection.and_then(|c| self.ephemeral.get(&c));
+                // Ephemeral instances are stored only where other nodes must see them.
+                let stored = *stored && (self.shared.is_some() || !registration.instance.ephemeral);
                 Some(Ack::Lease(plan_register(
                     plan,
                     *zone,
                     registration,
                     *connection,
-                    *stored,
+                    stored,
                     &self.limits,
                     held,
                     stage,
@@ -544,6 +555,11 @@ impl Writer {
             }
             Command::Renew { at, .. } => {
                 let result = match plan.view.entry(at) {
+                    Some(entry) if self.shared.is_some() => {
+                        let ttl = entry.instance.ttl;
+                        let renewal = ttl.map(|_| Change::Renew(key_of(&plan.view, at)));
+                        stage(plan, renewal).map(|()| ttl)
+                    }
                     Some(entry) => {
                         if let Some(ttl) = entry.instance.ttl {
                             plan.effects.push(Effect::StartLease {
@@ -578,7 +594,7 @@ impl Writer {
                     Some((entry, _)) => {
                         let entry = entry.clone();
                         let change = entry.stored.then(|| {
-                            Change::Put(stored_instance(&plan.view, at, &entry, *health, now))
+                            Change::Health(stored_instance(&plan.view, at, &entry, *health, now))
                         });
                         stage(plan, change).map(|()| {
                             if let Some((entry, true)) = plan.view.mark(at, *health) {
@@ -618,11 +634,20 @@ impl Writer {
                 owned.sort_unstable();
                 let mut released = 0;
                 for at in owned {
-                    let still_owned = plan
+                    let Some(entry) = plan
                         .view
                         .entry(&at)
-                        .is_some_and(|entry| entry.owner == Some(*connection));
-                    if still_owned && remove(plan, &at, Reason::Disconnected) {
+                        .filter(|entry| entry.owner == Some(*connection))
+                    else {
+                        continue;
+                    };
+                    // Stored only in a shared store. Should it be unavailable, the
+                    // node's lease there removes them in the end.
+                    let change = entry
+                        .stored
+                        .then(|| Change::Delete(key_of(&plan.view, &at)));
+                    let _ = stage(plan, change);
+                    if remove(plan, &at, Reason::Disconnected) {
                         released += 1;
                     }
                 }
@@ -632,7 +657,7 @@ impl Writer {
                 }
                 None
             }
-            Command::Watch { .. } | Command::Shutdown => None,
+            Command::Watch { .. } | Command::Shutdown | Command::Remote(_) => None,
         }
     }
 
@@ -647,6 +672,30 @@ impl Writer {
         self.retired
             .retain(|snapshot| Arc::strong_count(snapshot) > 1);
     }
+}
+
+/// Sends a command its reply (a requester that went away no longer needs it: send
+/// errors are ignored); a `watch` is handed back, to be subscribed after the batch's
+/// events are out.
+fn send_reply(
+    command: Command,
+    ack: Option<Ack>,
+) -> Option<(Option<Label>, oneshot::Sender<Subscription>)> {
+    match (command, ack) {
+        (
+            Command::Register { reply, .. } | Command::Renew { reply, .. },
+            Some(Ack::Lease(result)),
+        ) => drop(reply.send(result)),
+        (
+            Command::Deregister { reply, .. }
+            | Command::Mark { reply, .. }
+            | Command::Reconfigure { reply, .. },
+            Some(Ack::Unit(result)),
+        ) => drop(reply.send(result)),
+        (Command::Watch { filter, reply }, _) => return Some((filter, reply)),
+        _ => {}
+    }
+    None
 }
 
 /// Plans a registration: checks it against the plan's view, stages its store change
@@ -1178,6 +1227,15 @@ mod tests {
         Ok(())
     }
 
+    /// Every zone takes every instance: the model has no static records.
+    struct AdmitAll;
+
+    impl Admission for AdmitAll {
+        fn admit(&self, _: &str, _: &Label, _: &Instance) -> Result<(), RegistryError> {
+            Ok(())
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -1193,7 +1251,9 @@ mod tests {
                 max_instances_per_connection: PER_CONNECTION,
                 ..Limits::default()
             };
-            let mut writer = Writer::new(view, published, Box::new(MemoryStore::default()), limits);
+            let admission = Arc::new(AdmitAll);
+            let mut writer =
+                Writer::new(view, published, Box::new(MemoryStore::default()), limits, admission);
             let mut model = Model::default();
             let mut now_ms = 0;
             for step in &steps {

@@ -168,7 +168,7 @@ impl EmbeddedStore {
             let mut meta = write.open_table(META)?;
             for change in changes {
                 match change {
-                    Change::Put(stored) => {
+                    Change::Put(stored) | Change::Health(stored) => {
                         let key = encode_key(&stored.key());
                         instances.insert(key.as_slice(), stored.to_json().as_slice())?;
                         match stored.lease_deadline_unix_ms {
@@ -200,6 +200,9 @@ impl EmbeddedStore {
                         let stored = meta.get("serial")?.map_or(0, |v| v.value());
                         meta.insert("serial", stored.max(u64::from(*serial)))?;
                     }
+                    // Only shared stores run leases themselves; this one keeps
+                    // deadlines (`Change::Lease`).
+                    Change::Renew(_) => {}
                 }
             }
             meta.insert("revision", revision)?;

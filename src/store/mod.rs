@@ -17,10 +17,16 @@
 //! plus one full TTL of grace, which covers the checkpoint lag, so a restart never
 //! expires live services en masse (etcd does the same after a leader change).
 //!
-//! Stores that must follow other writers (etcd) will add `watch(from revision)`; the
-//! two here are each the only writer of their data.
+//! A store that other nodes write too (etcd, [`Store::is_shared`]) works the other way
+//! round: the writer commits a batch there and does not apply it; every node applies
+//! what the store reports ([`Store::follow`]), its own changes included, in the
+//! store's order, and acknowledges a batch once it has applied the batch's revision.
+//! Such a store also keeps ephemeral instances (tied to a lease of the node that
+//! holds their connection) and runs leases itself.
 
 pub mod embedded;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -37,8 +43,11 @@ const BACKUP_DEADLINE: &str = "lease_deadline_unix_ms";
 /// One change in a batch, in order.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// An instance registered, replaced or marked.
+    /// An instance registered or replaced.
     Put(StoredInstance),
+    /// An instance marked: the same instance with another health (a shared store
+    /// keeps its lease running as it was).
+    Health(StoredInstance),
     /// An instance gone (deregistered, expired, replaced by one that is not stored).
     Delete(InstanceKey),
     /// A renewed lease's new deadline (a checkpoint).
@@ -48,7 +57,35 @@ pub enum Change {
     },
     /// The highest SOA serial published so far.
     Serial(u32),
+    /// A lease renewed: for a shared store, which runs leases itself.
+    Renew(InstanceKey),
 }
+
+/// What a shared store reports, in its order.
+#[derive(Debug)]
+pub enum Remote {
+    /// Changes committed at `revision`, by any node.
+    Changes {
+        revision: u64,
+        changes: Vec<RemoteChange>,
+    },
+    /// The store was read again from scratch (after it lost track of changes): this
+    /// is everything it holds at `revision`.
+    Reload {
+        revision: u64,
+        instances: Vec<StoredInstance>,
+    },
+}
+
+/// One change a shared store reports.
+#[derive(Debug)]
+pub enum RemoteChange {
+    Put(StoredInstance),
+    Delete(InstanceKey),
+}
+
+/// Where a shared store sends what it reports; false once the registry is gone.
+pub type Feed = Box<dyn Fn(Remote) -> bool + Send + Sync>;
 
 /// An instance as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +104,8 @@ pub struct Loaded {
     pub serial: Option<u32>,
     /// Records that could not be read back; they are left out and logged.
     pub unreadable: Vec<String>,
+    /// The store's revision at the time of loading (shared stores follow from it).
+    pub revision: u64,
 }
 
 /// Why a store cannot take or give data. The message names the file.
@@ -97,6 +136,18 @@ pub trait Store: Send {
 
     /// Where the data lives, for logs.
     fn describe(&self) -> String;
+
+    /// Whether other nodes write the same data: then the writer applies changes only
+    /// as [`Store::follow`] reports them.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Starts reporting every change after the revision [`Store::load`] returned, in
+    /// order, to `feed`. Only shared stores report anything.
+    fn follow(&mut self, feed: Feed) {
+        drop(feed);
+    }
 }
 
 /// The default: nothing survives the process.
@@ -146,7 +197,15 @@ impl StoredInstance {
     pub fn from_json(bytes: &[u8], lease_deadline_unix_ms: Option<u64>) -> Result<Self, String> {
         let object: Map<String, Value> =
             serde_json::from_slice(bytes).map_err(|e| format!("not a JSON object: {e}"))?;
-        StoredInstance::from_object(&object, lease_deadline_unix_ms)
+        StoredInstance::from_object(&object, lease_deadline_unix_ms, false)
+    }
+
+    /// As [`StoredInstance::from_json`], from a shared store, which also keeps
+    /// ephemeral instances (their node's lease removes them).
+    pub fn from_shared_json(bytes: &[u8]) -> Result<Self, String> {
+        let object: Map<String, Value> =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a JSON object: {e}"))?;
+        StoredInstance::from_object(&object, None, true)
     }
 
     /// A backup's record: the stored form with `lease_deadline_unix_ms`.
@@ -170,12 +229,13 @@ impl StoredInstance {
                     .ok_or_else(|| format!("{BACKUP_DEADLINE} {value} is not a time"))?,
             ),
         };
-        StoredInstance::from_object(&object, deadline)
+        StoredInstance::from_object(&object, deadline, false)
     }
 
     fn from_object(
         object: &Map<String, Value>,
         lease_deadline_unix_ms: Option<u64>,
+        allow_ephemeral: bool,
     ) -> Result<Self, String> {
         let health = match object.get("health").and_then(Value::as_str) {
             None => Health::Healthy,
@@ -190,7 +250,7 @@ impl StoredInstance {
             registration_from_json(object, &zone, &["health"]).map_err(|e| e.to_string())?;
         // An ephemeral instance lives with a connection; one read back would have none
         // and never go away.
-        if registration.instance.ephemeral {
+        if registration.instance.ephemeral && !allow_ephemeral {
             return Err("an ephemeral instance cannot be stored".to_string());
         }
         Ok(StoredInstance {

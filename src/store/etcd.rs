@@ -1,0 +1,479 @@
+//! The registry in etcd (`etcd:`, DESIGN §6), shared by every svcdns node pointed at
+//! the same prefix.
+//!
+//! Layout: `<prefix>reg/<zone>/<service>/<id>` holds an instance in the same JSON
+//! as `data_dir` does (with its health). An instance with a `ttl` is attached to an
+//! etcd lease of that TTL, which a renewal keeps alive; an ephemeral instance is
+//! attached to its node's lease, kept alive while the node runs, so a node that dies
+//! takes its ephemeral instances with it after `etcd.lease_ttl`. etcd removes the
+//! keys of a lease that runs out, and the removal reaches every node's watch.
+//!
+//! Every node loads the prefix, then follows etcd's watch from that revision and
+//! feeds what it sees to its writer ([`Store::follow`]). A lost watch is resumed from
+//! the last revision seen; if etcd compacted past it, the prefix is read again whole.
+//! Writes go out as transactions (128 operations each, etcd's default
+//! `--max-txn-ops`); while etcd cannot be reached they fail with the reason, and DNS
+//! keeps answering from the last snapshot.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use tokio::runtime::Runtime;
+use tracing::{info, warn};
+
+use super::{Change, Feed, Loaded, Remote, RemoteChange, Store, StoreError, StoredInstance};
+use crate::config::EtcdConfig;
+use crate::registry::{InstanceKey, Label, LabelKind};
+
+/// Operations per transaction: etcd's default `--max-txn-ops`.
+const TXN_OPS: usize = 128;
+/// Wait between attempts to resume a lost watch.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+pub struct EtcdStore {
+    /// Runs the client and the background tasks (the watch, the node's lease).
+    /// `None` once dropped.
+    runtime: Option<Runtime>,
+    client: Client,
+    endpoints: String,
+    prefix: String,
+    lease_ttl: i64,
+    /// The etcd lease of each leased instance, as last written or seen.
+    leases: Arc<Mutex<HashMap<Vec<u8>, i64>>>,
+    /// The lease of this node's ephemeral instances, once one was written.
+    node_lease: Option<i64>,
+    loaded_at: u64,
+}
+
+impl EtcdStore {
+    /// Connects to `config.endpoints`.
+    pub fn connect(config: &EtcdConfig) -> Result<EtcdStore, StoreError> {
+        let endpoints = config.endpoints.join(",");
+        let unusable = |e: String| StoreError::Unusable(format!("etcd {endpoints}: {e}"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("svcdns-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| unusable(format!("starting its client: {e}")))?;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        let urls: Vec<String> = config
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                if endpoint.contains("://") {
+                    endpoint.clone()
+                } else {
+                    format!("http://{endpoint}")
+                }
+            })
+            .collect();
+        let client = blocking(&runtime, Client::connect(urls, Some(options)))
+            .map_err(|e| unusable(format!("cannot connect: {e}")))?;
+        Ok(EtcdStore {
+            runtime: Some(runtime),
+            client,
+            endpoints,
+            prefix: format!("{}reg/", config.prefix),
+            lease_ttl: config.lease_ttl as i64,
+            leases: Arc::default(),
+            node_lease: None,
+            loaded_at: 0,
+        })
+    }
+
+    fn key(&self, key: &InstanceKey) -> Vec<u8> {
+        format!("{}{}/{}/{}", self.prefix, key.zone, key.service, key.id).into_bytes()
+    }
+
+    fn run<F: Future + Send>(&self, work: F) -> Result<F::Output, StoreError>
+    where
+        F::Output: Send,
+    {
+        match &self.runtime {
+            Some(runtime) => Ok(blocking(runtime, work)),
+            None => Err(StoreError::Unavailable("etcd client stopped".into())),
+        }
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable(format!("etcd {}: {e}", self.endpoints))
+    }
+
+    /// The lease of this node's ephemeral instances: granted at the first one, then
+    /// kept alive in the background while the node runs.
+    fn node_lease(&mut self) -> Result<i64, StoreError> {
+        if let Some(lease) = self.node_lease {
+            return Ok(lease);
+        }
+        let mut client = self.client.clone();
+        let ttl = self.lease_ttl;
+        let lease = self
+            .run(async move { client.lease_grant(ttl, None).await })?
+            .map_err(|e| self.unavailable(format!("granting the node's lease: {e}")))?
+            .id();
+        let client = self.client.clone();
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(keep_node_lease(client, lease, ttl));
+        }
+        self.node_lease = Some(lease);
+        Ok(lease)
+    }
+}
+
+/// Runs `work` to completion on `runtime`, from any thread: from inside another
+/// runtime (start-up runs on tokio), on a thread of its own.
+fn blocking<F: Future + Send>(runtime: &Runtime, work: F) -> F::Output
+where
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(work))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    } else {
+        runtime.block_on(work)
+    }
+}
+
+/// Keeps the node's lease alive at a third of its TTL, reconnecting as needed. If
+/// etcd let it run out (the node was cut off for longer than the TTL), its ephemeral
+/// instances are gone from every node; that is logged, loudly.
+async fn keep_node_lease(mut client: Client, lease: i64, ttl: i64) {
+    let period = Duration::from_millis((ttl.max(1) as u64) * 1000 / 3);
+    loop {
+        match client.lease_keep_alive(lease).await {
+            Ok((mut keeper, mut responses)) => loop {
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                match responses.message().await {
+                    Ok(Some(response)) if response.ttl() <= 0 => {
+                        warn!(lease, "this node's etcd lease ran out: etcd removed its ephemeral instances on every node; their clients must register again");
+                        return;
+                    }
+                    Ok(Some(_)) => tokio::time::sleep(period).await,
+                    Ok(None) | Err(_) => break,
+                }
+            },
+            Err(e) => warn!(error = %e, "cannot keep this node's etcd lease alive; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads a key of ours back into an instance key.
+fn parse_key(prefix: &str, key: &[u8]) -> Option<InstanceKey> {
+    let text = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
+    let mut parts = text.split('/');
+    let (zone, service, id) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(InstanceKey {
+        zone: zone.to_string(),
+        service: Label::parse(service, LabelKind::Service).ok()?,
+        id: Label::parse(id, LabelKind::Id).ok()?,
+    })
+}
+
+/// An instance read from etcd, or why not.
+fn parse_value(kv: &KeyValue) -> Result<StoredInstance, String> {
+    StoredInstance::from_shared_json(kv.value())
+        .map_err(|e| format!("{}: {e}", String::from_utf8_lossy(kv.key())))
+}
+
+/// Everything under the prefix, and the revision it was read at.
+async fn read_all(
+    client: &mut Client,
+    prefix: &str,
+    leases: &Mutex<HashMap<Vec<u8>, i64>>,
+) -> Result<Loaded, etcd_client::Error> {
+    let response = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = response.header().map_or(0, |h| h.revision()) as u64;
+    let mut loaded = Loaded {
+        revision,
+        ..Loaded::default()
+    };
+    let mut known = HashMap::new();
+    for kv in response.kvs() {
+        if kv.lease() != 0 {
+            known.insert(kv.key().to_vec(), kv.lease());
+        }
+        match parse_value(kv) {
+            Ok(stored) => loaded.instances.push(stored),
+            Err(problem) => loaded.unreadable.push(problem),
+        }
+    }
+    if let Ok(mut leases) = leases.lock() {
+        *leases = known;
+    }
+    Ok(loaded)
+}
+
+/// Follows the prefix from `from` on, feeding every change to the writer in order,
+/// until the writer is gone.
+async fn follow(
+    mut client: Client,
+    prefix: String,
+    mut from: u64,
+    feed: Feed,
+    leases: Arc<Mutex<HashMap<Vec<u8>, i64>>>,
+) {
+    loop {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from as i64)
+            .with_progress_notify();
+        let mut compacted = false;
+        match client.watch(prefix.as_str(), Some(options)).await {
+            Ok((_watcher, mut stream)) => loop {
+                let response = match stream.message().await {
+                    Ok(Some(response)) => response,
+                    Ok(None) => {
+                        warn!(from, "the etcd watch ended; resuming");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(from, error = %e, "the etcd watch broke; resuming");
+                        break;
+                    }
+                };
+                if response.compact_revision() > 0 {
+                    compacted = true;
+                    break;
+                }
+                if response.canceled() {
+                    warn!(
+                        from,
+                        reason = response.cancel_reason(),
+                        "etcd cancelled the watch; resuming"
+                    );
+                    break;
+                }
+                let mut changes = Vec::with_capacity(response.events().len());
+                // A response without events is a progress notice: everything up to
+                // its header's revision was sent.
+                let mut revision = response.header().map_or(0, |h| h.revision()) as u64;
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    revision = kv.mod_revision() as u64;
+                    let change = match event.event_type() {
+                        EventType::Put => match parse_value(kv) {
+                            Ok(stored) => {
+                                if let Ok(mut leases) = leases.lock() {
+                                    if kv.lease() != 0 {
+                                        leases.insert(kv.key().to_vec(), kv.lease());
+                                    } else {
+                                        leases.remove(kv.key());
+                                    }
+                                }
+                                RemoteChange::Put(stored)
+                            }
+                            Err(problem) => {
+                                warn!(%problem, "an instance in etcd cannot be read; left out");
+                                continue;
+                            }
+                        },
+                        EventType::Delete => {
+                            if let Ok(mut leases) = leases.lock() {
+                                leases.remove(kv.key());
+                            }
+                            match parse_key(&prefix, kv.key()) {
+                                Some(key) => RemoteChange::Delete(key),
+                                None => continue,
+                            }
+                        }
+                    };
+                    changes.push(change);
+                }
+                if revision < from && changes.is_empty() {
+                    continue;
+                }
+                from = from.max(revision + 1);
+                if !feed(Remote::Changes { revision, changes }) {
+                    return;
+                }
+            },
+            Err(e) => warn!(from, error = %e, "cannot watch etcd; retrying"),
+        }
+        if compacted {
+            // Changes were lost to compaction: read everything again.
+            match read_all(&mut client, &prefix, &leases).await {
+                Ok(loaded) => {
+                    info!(
+                        revision = loaded.revision,
+                        instances = loaded.instances.len(),
+                        "etcd compacted past this node's watch: read the registry again"
+                    );
+                    from = loaded.revision + 1;
+                    let reload = Remote::Reload {
+                        revision: loaded.revision,
+                        instances: loaded.instances,
+                    };
+                    if !feed(reload) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => warn!(error = %e, "cannot read etcd again after a compaction; retrying"),
+            }
+        }
+        tokio::time::sleep(WATCH_RETRY).await;
+    }
+}
+
+impl Store for EtcdStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        let mut client = self.client.clone();
+        let prefix = self.prefix.clone();
+        let leases = self.leases.clone();
+        let loaded = self
+            .run(async move { read_all(&mut client, &prefix, &leases).await })?
+            .map_err(|e| {
+                StoreError::Unusable(format!(
+                    "etcd {}: reading {}: {e}",
+                    self.endpoints, self.prefix
+                ))
+            })?;
+        self.loaded_at = loaded.revision;
+        Ok(loaded)
+    }
+
+    fn apply(&mut self, changes: &[Change]) -> Result<u64, StoreError> {
+        let mut operations = Vec::with_capacity(changes.len());
+        let mut renewals = Vec::new();
+        let mut grants = Vec::new();
+        for change in changes {
+            match change {
+                Change::Put(stored) | Change::Health(stored) => {
+                    let key = self.key(&stored.key());
+                    let instance = &stored.registration.instance;
+                    let options = if matches!(change, Change::Health(_)) {
+                        // A mark keeps the lease running as it was.
+                        Some(PutOptions::new().with_ignore_lease())
+                    } else if instance.ephemeral {
+                        Some(PutOptions::new().with_lease(self.node_lease()?))
+                    } else if let Some(ttl) = instance.ttl {
+                        grants.push((operations.len(), i64::from(ttl)));
+                        None
+                    } else {
+                        None
+                    };
+                    operations.push((key, Some((stored.to_json(), options))));
+                }
+                Change::Delete(key) => operations.push((self.key(key), None)),
+                Change::Renew(key) => {
+                    let lease = self
+                        .leases
+                        .lock()
+                        .ok()
+                        .and_then(|leases| leases.get(&self.key(key)).copied());
+                    renewals.extend(lease);
+                }
+                // etcd runs the leases; serials are each node's own.
+                Change::Lease { .. } | Change::Serial(_) => {}
+            }
+        }
+        let mut client = self.client.clone();
+        let leases = self.leases.clone();
+        let work = async move {
+            // One lease per leased instance: renewing one renews only it.
+            let mut granted = HashMap::new();
+            for (index, ttl) in grants {
+                let lease = client.lease_grant(ttl, None).await?.id();
+                granted.insert(index, lease);
+            }
+            let mut revision = 0;
+            let mut ops = Vec::with_capacity(operations.len());
+            for (index, (key, put)) in operations.into_iter().enumerate() {
+                ops.push(match put {
+                    Some((value, options)) => {
+                        let options = match granted.get(&index) {
+                            Some(&lease) => {
+                                if let Ok(mut leases) = leases.lock() {
+                                    leases.insert(key.clone(), lease);
+                                }
+                                Some(PutOptions::new().with_lease(lease))
+                            }
+                            None => options,
+                        };
+                        TxnOp::put(key, value, options)
+                    }
+                    None => TxnOp::delete(key, None),
+                });
+                if ops.len() == TXN_OPS {
+                    let txn = Txn::new().and_then(std::mem::take(&mut ops));
+                    let response = client.txn(txn).await?;
+                    revision = response.header().map_or(revision, |h| h.revision() as u64);
+                }
+            }
+            if !ops.is_empty() {
+                let response = client.txn(Txn::new().and_then(ops)).await?;
+                revision = response.header().map_or(revision, |h| h.revision() as u64);
+            }
+            for lease in renewals {
+                let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                responses.message().await?;
+            }
+            Ok::<u64, etcd_client::Error>(revision)
+        };
+        self.run(work)?.map_err(|e| self.unavailable(e))
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        format!("etcd {} under {}", self.endpoints, self.prefix)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn follow(&mut self, feed: Feed) {
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(follow(
+                self.client.clone(),
+                self.prefix.clone(),
+                self.loaded_at + 1,
+                feed,
+                self.leases.clone(),
+            ));
+        }
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // On a clean stop, this node's ephemeral instances go at once rather than
+        // when its lease runs out.
+        if let (Some(lease), Some(runtime)) = (self.node_lease, &self.runtime) {
+            let mut client = self.client.clone();
+            let revoke = async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+            };
+            blocking(runtime, revoke);
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Many nodes on one registry: a real 3-member etcd cluster on loopback ports and two
+//! svcdns nodes sharing its prefix. Needs the `etcd` feature (scripts/test enables it)
+//! and the `etcd` binary (Debian's etcd-server, which scripts/test installs); each test
+//! says it was skipped, and why, when either is missing.
+
+mod common;
+
+#[cfg(feature = "etcd")]
+mod cluster {
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use crate::common::*;
+
+    /// Members of the cluster, each on its own loopback ports and data directory.
+    pub struct Etcd {
+        pub members: Vec<Member>,
+        dir: tempfile::TempDir,
+        cluster: String,
+        token: String,
+    }
+
+    pub struct Member {
+        name: String,
+        client: u16,
+        peer: u16,
+        child: Option<Child>,
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            for member in &mut self.members {
+                member.kill();
+            }
+        }
+    }
+
+    impl Member {
+        pub fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port")
+    }
+
+    /// Whether etcd is here; when not, the reason to print.
+    pub fn missing() -> Option<String> {
+        match Command::new("etcd").arg("--version").output() {
+            Ok(output) if output.status.success() => None,
+            _ => Some(
+                "skipped: no etcd binary (Debian's etcd-server; scripts/test installs it)".into(),
+            ),
+        }
+    }
+
+    impl Etcd {
+        /// A fresh cluster of `size` members, once it has a leader.
+        pub fn start(size: usize) -> Etcd {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let members: Vec<Member> = (0..size)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client: free_port(),
+                    peer: free_port(),
+                    child: None,
+                })
+                .collect();
+            let cluster = members
+                .iter()
+                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+                .collect::<Vec<_>>()
+                .join(",");
+            let token = format!("svcdns-test-{}", std::process::id());
+            let mut etcd = Etcd {
+                members,
+                dir,
+                cluster,
+                token,
+            };
+            for index in 0..size {
+                etcd.start_member(index);
+            }
+            etcd.wait_healthy();
+            etcd
+        }
+
+        /// (Re)starts member `index` on its ports and data directory.
+        pub fn start_member(&mut self, index: usize) {
+            let data: PathBuf = self.dir.path().join(&self.members[index].name);
+            let member = &mut self.members[index];
+            let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name)))
+                .expect("etcd log");
+            let child = Command::new("etcd")
+                .args(["--name", &member.name])
+                .arg("--data-dir")
+                .arg(&data)
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{}", member.client),
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{}", member.client),
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{}", member.peer),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{}", member.peer),
+                    "--initial-cluster",
+                    &self.cluster,
+                    "--initial-cluster-token",
+                    &self.token,
+                    "--initial-cluster-state",
+                    "new",
+                    // Fast elections, so that losing a member costs a second, not ten.
+                    "--heartbeat-interval",
+                    "50",
+                    "--election-timeout",
+                    "500",
+                    "--log-level",
+                    "warn",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("run etcd");
+            member.child = Some(child);
+        }
+
+        /// The client endpoints, as `etcd.endpoints` takes them.
+        pub fn endpoints(&self) -> String {
+            self.members
+                .iter()
+                .map(|m| format!("\"127.0.0.1:{}\"", m.client))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+
+        /// Waits until a write goes through (there is a leader and a quorum).
+        pub fn wait_healthy(&self) {
+            let endpoints: Vec<String> = self
+                .members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .map(|m| format!("127.0.0.1:{}", m.client))
+                .collect();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                let put = Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .args(["--endpoints", &endpoints.join(","), "--command-timeout=1s"])
+                    .args(["put", "/health-check", "ok"])
+                    .output();
+                if put.is_ok_and(|output| output.status.success()) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!(
+                "the etcd cluster did not come up (logs in {:?})",
+                self.dir.path()
+            );
+        }
+    }
+
+    /// A svcdns node on the cluster, under `prefix`, with ephemeral instances kept for
+    /// `lease_ttl` seconds after the node is gone.
+    pub fn node(etcd: &Etcd, prefix: &str, lease_ttl: u64) -> Svcdns {
+        let config = format!(
+            "etcd:\n  endpoints: [{}]\n  prefix: {prefix}\n  lease_ttl: {lease_ttl}\n",
+            etcd.endpoints()
+        );
+        Svcdns::with(&[], &config)
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use hickory_proto::rr::RecordType;
+    use serde_json::{json, Value};
+
+    use super::cluster::{missing, node, Etcd};
+    use crate::common::*;
+
+    fn web(id: &str, address: &str) -> Value {
+        json!({"op": "register", "service": "web", "id": id, "addresses": [address], "port": 80})
+    }
+
+    fn addresses(server: &Svcdns) -> Vec<String> {
+        let mut found = answer_data(&server.query("web.svc.internal.", RecordType::A));
+        found.sort();
+        found
+    }
+
+    /// Waits until `server` answers `expected` for web's A records; how long it took.
+    fn answers_within(server: &Svcdns, expected: &[&str], limit: Duration) -> Duration {
+        let started = Instant::now();
+        let found = eventually(limit, || addresses(server) == expected);
+        assert!(
+            found,
+            "expected {expected:?} within {limit:?}, got {:?}",
+            addresses(server)
+        );
+        started.elapsed()
+    }
+
+    #[test]
+    fn writes_on_one_node_answer_on_the_other() {
+        if let Some(reason) = missing() {
+            eprintln!("{reason}");
+            return;
+        }
+        let etcd = Etcd::start(3);
+        let a = node(&etcd, "/both/", 2);
+        let b = node(&etcd, "/both/", 2);
+        let mut on_a = a.connect();
+        assert_eq!(on_a.send(&web("web-1", "10.0.0.1"))["ok"], true);
+        // Acknowledged on A means answered by A at once; B follows within moments.
+        assert_eq!(addresses(&a), ["10.0.0.1"]);
+        answers_within(&b, &["10.0.0.1"], Duration::from_secs(2));
+
+        let mut on_b = b.connect();
+        assert_eq!(on_b.send(&web("web-2", "10.0.0.2"))["ok"], true);
+        assert_eq!(addresses(&b), ["10.0.0.1", "10.0.0.2"]);
+        answers_within(&a, &["10.0.0.1", "10.0.0.2"], Duration::from_secs(2));
+        let reply = on_b.send(&json!({"op": "deregister", "service": "web", "id": "web-1"}));
+        assert_eq!(reply["ok"], true, "{reply}");
+        answers_within(&a, &["10.0.0.2"], Duration::from_secs(2));
+
+        // A health mark and a lease travel too.
+        let reply = on_a
+            .send(&json!({"op": "mark", "service": "web", "id": "web-2", "health": "critical"}));
+        assert_eq!(reply["ok"], true, "{reply}");
+        answers_within(&b, &[], Duration::from_secs(2));
+        let mut leased = web("web-3", "10.0.0.3");
+        leased["ttl"] = json!(2);
+        assert_eq!(on_b.send(&leased)["ok"], true);
+        answers_within(&a, &["10.0.0.3"], Duration::from_secs(2));
+        // Renewed through A (the lease is etcd's), it outlives its first TTL.
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(800));
+            let reply = on_a.send(&json!({"op": "renew", "service": "web", "id": "web-3"}));
+            assert_eq!(reply["ok"], true, "{reply}");
+        }
+        assert_eq!(addresses(&b), ["10.0.0.3"]);
+        // Left alone, it expires on both.
+        answers_within(&a, &[], Duration::from_secs(5));
+        answers_within(&b, &[], Duration::from_secs(2));
+        // A restarted node serves the whole registry.
+        let mut b = b;
+        b.restart().expect("restart b");
+        let list = b.connect().send(&json!({"op": "list"}));
+        let listed: Vec<&str> = list["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["id"].as_str())
+            .collect();
+        assert_eq!(listed, ["web-2"], "{list}");
+        assert_eq!(list["instances"][0]["health"], "critical");
+    }
+
+    #[test]
+    fn a_dead_node_takes_its_ephemeral_instances_along_and_the_other_keeps_answering() {
+        if let Some(reason) = missing() {
+            eprintln!("{reason}");
+            return;
+        }
+        let etcd = Etcd::start(3);
+        let mut a = node(&etcd, "/eph/", 2);
+        let b = node(&etcd, "/eph/", 2);
+        let mut holder = a.connect();
+        let mut ephemeral = web("web-e", "10.0.0.5");
+        ephemeral["ephemeral"] = json!(true);
+        assert_eq!(holder.send(&ephemeral)["ok"], true);
+        b.register(web("web-p", "10.0.0.6"));
+        answers_within(&b, &["10.0.0.5", "10.0.0.6"], Duration::from_secs(2));
+        a.kill9();
+        // Gone from B once A's lease runs out (2 s), not before it could.
+        let took = answers_within(&b, &["10.0.0.6"], Duration::from_secs(6));
+        assert!(took >= Duration::from_millis(500), "removed after {took:?}");
+
+        // A node that closes cleanly removes its ephemeral instances at once.
+        let c = node(&etcd, "/eph/", 30);
+        let mut held = c.connect();
+        ephemeral["id"] = json!("web-c");
+        assert_eq!(held.send(&ephemeral)["ok"], true);
+        answers_within(&b, &["10.0.0.5", "10.0.0.6"], Duration::from_secs(2));
+        drop(held);
+        answers_within(&b, &["10.0.0.6"], Duration::from_secs(2));
+    }
+
+    #[test]
+    fn losing_an_etcd_member_changes_nothing_and_losing_etcd_stops_only_writes() {
+        if let Some(reason) = missing() {
+            eprintln!("{reason}");
+            return;
+        }
+        let mut etcd = Etcd::start(3);
+        let a = node(&etcd, "/loss/", 2);
+        let b = node(&etcd, "/loss/", 2);
+        a.register(web("web-1", "10.0.0.1"));
+        etcd.members[0].kill();
+        let mut on_a = a.connect();
+        let reply = on_a.send(&web("web-2", "10.0.0.2"));
+        assert_eq!(reply["ok"], true, "with 2 of 3 members: {reply}");
+        answers_within(&b, &["10.0.0.1", "10.0.0.2"], Duration::from_secs(3));
+
+        // No quorum: writes fail with the reason, DNS answers from the last snapshot.
+        etcd.members[1].kill();
+        let reply = on_a.send(&web("web-3", "10.0.0.3"));
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert_eq!(reply["error"]["code"], "store_unavailable", "{reply}");
+        assert_eq!(addresses(&a), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(addresses(&b), ["10.0.0.1", "10.0.0.2"]);
+
+        // Back to a quorum: the nodes resume their watches and writes go through.
+        etcd.start_member(0);
+        etcd.start_member(1);
+        etcd.wait_healthy();
+        let started = Instant::now();
+        let written = eventually(Duration::from_secs(10), || {
+            a.connect().send(&web("web-3", "10.0.0.3"))["ok"] == true
+        });
+        assert!(written, "no write went through after the quorum came back");
+        answers_within(
+            &b,
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+            Duration::from_secs(10).saturating_sub(started.elapsed()) + Duration::from_secs(2),
+        );
+    }
+}
+
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn etcd_tests_need_the_etcd_feature() {
+    eprintln!("skipped: svcdns was built without the etcd feature (scripts/test enables it)");
+}
