@@ -6,190 +6,31 @@
 mod common;
 
 #[cfg(feature = "etcd")]
-mod cluster {
-    use std::net::TcpListener;
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    use crate::common::*;
-
-    /// Members of the cluster, each on its own loopback ports and data directory.
-    pub struct Etcd {
-        pub members: Vec<Member>,
-        dir: tempfile::TempDir,
-        cluster: String,
-        token: String,
-    }
-
-    pub struct Member {
-        name: String,
-        client: u16,
-        peer: u16,
-        child: Option<Child>,
-    }
-
-    impl Drop for Etcd {
-        fn drop(&mut self) {
-            for member in &mut self.members {
-                member.kill();
-            }
-        }
-    }
-
-    impl Member {
-        pub fn kill(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free port")
-    }
-
-    /// Whether etcd is here; when not, the reason to print.
-    pub fn missing() -> Option<String> {
-        match Command::new("etcd").arg("--version").output() {
-            Ok(output) if output.status.success() => None,
-            _ => Some(
-                "skipped: no etcd binary (Debian's etcd-server; scripts/test installs it)".into(),
-            ),
-        }
-    }
-
-    impl Etcd {
-        /// A fresh cluster of `size` members, once it has a leader.
-        pub fn start(size: usize) -> Etcd {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let members: Vec<Member> = (0..size)
-                .map(|i| Member {
-                    name: format!("m{i}"),
-                    client: free_port(),
-                    peer: free_port(),
-                    child: None,
-                })
-                .collect();
-            let cluster = members
-                .iter()
-                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-                .collect::<Vec<_>>()
-                .join(",");
-            let token = format!("svcdns-test-{}", std::process::id());
-            let mut etcd = Etcd {
-                members,
-                dir,
-                cluster,
-                token,
-            };
-            for index in 0..size {
-                etcd.start_member(index);
-            }
-            etcd.wait_healthy();
-            etcd
-        }
-
-        /// (Re)starts member `index` on its ports and data directory.
-        pub fn start_member(&mut self, index: usize) {
-            let data: PathBuf = self.dir.path().join(&self.members[index].name);
-            let member = &mut self.members[index];
-            let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name)))
-                .expect("etcd log");
-            let child = Command::new("etcd")
-                .args(["--name", &member.name])
-                .arg("--data-dir")
-                .arg(&data)
-                .args([
-                    "--listen-client-urls",
-                    &format!("http://127.0.0.1:{}", member.client),
-                    "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{}", member.client),
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{}", member.peer),
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{}", member.peer),
-                    "--initial-cluster",
-                    &self.cluster,
-                    "--initial-cluster-token",
-                    &self.token,
-                    "--initial-cluster-state",
-                    "new",
-                    // Fast elections, so that losing a member costs a second, not ten.
-                    "--heartbeat-interval",
-                    "50",
-                    "--election-timeout",
-                    "500",
-                    "--log-level",
-                    "warn",
-                ])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("run etcd");
-            member.child = Some(child);
-        }
-
-        /// The client endpoints, as `etcd.endpoints` takes them.
-        pub fn endpoints(&self) -> String {
-            self.members
-                .iter()
-                .map(|m| format!("\"127.0.0.1:{}\"", m.client))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-
-        /// Waits until a write goes through (there is a leader and a quorum).
-        pub fn wait_healthy(&self) {
-            let endpoints: Vec<String> = self
-                .members
-                .iter()
-                .filter(|m| m.child.is_some())
-                .map(|m| format!("127.0.0.1:{}", m.client))
-                .collect();
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(30) {
-                let put = Command::new("etcdctl")
-                    .env("ETCDCTL_API", "3")
-                    .args(["--endpoints", &endpoints.join(","), "--command-timeout=1s"])
-                    .args(["put", "/health-check", "ok"])
-                    .output();
-                if put.is_ok_and(|output| output.status.success()) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            panic!(
-                "the etcd cluster did not come up (logs in {:?})",
-                self.dir.path()
-            );
-        }
-    }
-
-    /// A svcdns node on the cluster, under `prefix`, with ephemeral instances kept for
-    /// `lease_ttl` seconds after the node is gone.
-    pub fn node(etcd: &Etcd, prefix: &str, lease_ttl: u64) -> Svcdns {
-        let config = format!(
-            "etcd:\n  endpoints: [{}]\n  prefix: {prefix}\n  lease_ttl: {lease_ttl}\n",
-            etcd.endpoints()
-        );
-        Svcdns::with(&[], &config)
-    }
-}
-
-#[cfg(feature = "etcd")]
 mod tests {
     use std::time::{Duration, Instant};
 
     use hickory_proto::rr::RecordType;
     use serde_json::{json, Value};
 
-    use super::cluster::{missing, node, Etcd};
+    use crate::common::etcd_cluster::{etcd_missing, EtcdCluster};
     use crate::common::*;
+
+    /// A svcdns node on the cluster, under `prefix`, whose ephemeral instances outlive
+    /// it by `lease_ttl` seconds.
+    fn node(etcd: &EtcdCluster, prefix: &str, lease_ttl: u64) -> Svcdns {
+        Svcdns::with(&[], &etcd.svcdns_config(prefix, lease_ttl))
+    }
+
+    /// Whether to skip: says why when etcd is not here.
+    fn skipped() -> bool {
+        match etcd_missing() {
+            Some(reason) => {
+                eprintln!("skipped: {reason}");
+                true
+            }
+            None => false,
+        }
+    }
 
     fn web(id: &str, address: &str) -> Value {
         json!({"op": "register", "service": "web", "id": id, "addresses": [address], "port": 80})
@@ -215,11 +56,10 @@ mod tests {
 
     #[test]
     fn writes_on_one_node_answer_on_the_other() {
-        if let Some(reason) = missing() {
-            eprintln!("{reason}");
+        if skipped() {
             return;
         }
-        let etcd = Etcd::start(3);
+        let etcd = EtcdCluster::start(3);
         let a = node(&etcd, "/both/", 2);
         let b = node(&etcd, "/both/", 2);
         let mut on_a = a.connect();
@@ -271,11 +111,10 @@ mod tests {
 
     #[test]
     fn a_dead_node_takes_its_ephemeral_instances_along_and_the_other_keeps_answering() {
-        if let Some(reason) = missing() {
-            eprintln!("{reason}");
+        if skipped() {
             return;
         }
-        let etcd = Etcd::start(3);
+        let etcd = EtcdCluster::start(3);
         let mut a = node(&etcd, "/eph/", 2);
         let b = node(&etcd, "/eph/", 2);
         let mut holder = a.connect();
@@ -301,11 +140,10 @@ mod tests {
 
     #[test]
     fn losing_an_etcd_member_changes_nothing_and_losing_etcd_stops_only_writes() {
-        if let Some(reason) = missing() {
-            eprintln!("{reason}");
+        if skipped() {
             return;
         }
-        let mut etcd = Etcd::start(3);
+        let mut etcd = EtcdCluster::start(3);
         let a = node(&etcd, "/loss/", 2);
         let b = node(&etcd, "/loss/", 2);
         a.register(web("web-1", "10.0.0.1"));

@@ -1,5 +1,5 @@
 //! svcdns benchmarks, each one command, on loopback only, bounded in time, printing a
-//! table: `registrations`, `scale`, `churn`, `dns`, `durable`, `soak`. Run through `bench/<name>` at the
+//! table: `registrations`, `scale`, `churn`, `dns`, `durable`, `etcd`, `soak`. Run through `bench/<name>` at the
 //! repository root, which builds the release binaries first. `hold --size N` loads the
 //! scale dataset of N instances into a server and keeps it until stdin closes, for
 //! profiling by hand.
@@ -8,6 +8,7 @@ mod churn;
 mod client;
 mod dns;
 mod durable;
+mod etcd;
 mod peers;
 mod registrations;
 mod scale;
@@ -24,11 +25,12 @@ fn main() -> ExitCode {
         Some("churn") => churn::run(&args[1..]),
         Some("dns") => peers::run(&args[1..]),
         Some("durable") => durable::run(&args[1..]),
+        Some("etcd") => etcd::run(&args[1..]),
         Some("soak") => soak::run(&args[1..]),
         Some("hold") => scale::hold(&args[1..]),
         _ => {
             eprintln!(
-                "usage: svcdns-bench registrations|scale|churn|dns|durable|soak|hold [options]"
+                "usage: svcdns-bench registrations|scale|churn|dns|durable|etcd|soak|hold [options]"
             );
             return ExitCode::FAILURE;
         }

@@ -391,10 +391,20 @@ impl Store for EtcdStore {
         let mut client = self.client.clone();
         let leases = self.leases.clone();
         let work = async move {
-            // One lease per leased instance: renewing one renews only it.
-            let mut granted = HashMap::new();
+            // One lease per leased instance, so that renewing one renews only it;
+            // granted all at once (etcd batches them) rather than one round trip each.
+            let mut pending = tokio::task::JoinSet::new();
             for (index, ttl) in grants {
-                let lease = client.lease_grant(ttl, None).await?.id();
+                let mut client = client.clone();
+                pending.spawn(async move {
+                    let granted = client.lease_grant(ttl, None).await?;
+                    Ok::<_, etcd_client::Error>((index, granted.id()))
+                });
+            }
+            let mut granted = HashMap::new();
+            while let Some(joined) = pending.join_next().await {
+                let (index, lease) = joined
+                    .map_err(|e| etcd_client::Error::LeaseKeepAliveError(e.to_string()))??;
                 granted.insert(index, lease);
             }
             let mut revision = 0;
