@@ -110,6 +110,33 @@ mod tests {
     }
 
     #[test]
+    fn a_node_starts_from_a_registry_larger_than_one_etcd_response() {
+        if skipped() {
+            return;
+        }
+        // 12,000 instances take about 4 MiB of JSON: more than gRPC takes in one
+        // response, so the node must read the prefix in pages.
+        let etcd = EtcdCluster::start(3);
+        let a = node(&etcd, "/large/", 2);
+        let requests: Vec<Value> = (0..12_000)
+            .map(|i| {
+                json!({"op": "register", "service": format!("s{}", i / 100), "id": format!("i-{i}"),
+                    "addresses": [format!("10.1.{}.{}", i / 250, i % 250 + 1)], "port": 80,
+                    "meta": {"notes": "x".repeat(200)}})
+            })
+            .collect();
+        let replies = a.connect().pipelined(&requests);
+        assert!(replies.iter().all(|reply| reply["ok"] == true));
+        let b = node(&etcd, "/large/", 2);
+        let list = b.connect().send(&json!({"op": "list"}));
+        assert_eq!(list["instances"].as_array().map(Vec::len), Some(12_000));
+        assert_eq!(
+            answer_data(&b.query("i-11999.s119.svc.internal.", RecordType::A)),
+            ["10.1.47.250"]
+        );
+    }
+
+    #[test]
     fn a_dead_node_takes_its_ephemeral_instances_along_and_the_other_keeps_answering() {
         if skipped() {
             return;

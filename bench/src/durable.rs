@@ -35,7 +35,7 @@ fn store_size(server: &Server) -> u64 {
 }
 
 /// The `seconds` of the last line of the server's log that contains `message`.
-fn logged_seconds(dir: &Path, message: &str) -> String {
+pub fn logged_seconds(dir: &Path, message: &str) -> String {
     let log = std::fs::read_to_string(dir.join("svcdns.log")).unwrap_or_default();
     log.lines()
         .filter(|line| line.contains(message))

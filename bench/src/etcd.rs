@@ -11,6 +11,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, pipeline_parallel, Session};
+use crate::durable::logged_seconds;
 use crate::registrations::address;
 use crate::server::Server;
 use crate::{ms, option, quantile, Table};
@@ -29,12 +30,52 @@ pub fn run(args: &[String]) {
     }
     let rounds: usize = option(args, "--visible", 500);
     let count: usize = option(args, "--count", 20_000);
+    let total: usize = option(args, "--load", 100_000);
     let etcd = EtcdCluster::start(3);
     let config = etcd.svcdns_config("/bench/", 10);
     let a = Server::start("etcd-a", &config);
-    let b = Server::start("etcd-b", &config);
+    let mut b = Server::start("etcd-b", &config);
     cross_node(&a, &b, rounds);
     throughput(&etcd, &a, count);
+    load(&a, &mut b, total);
+}
+
+/// Fills the registry up to `total` instances through A, then restarts B, which
+/// reads them all from etcd before it answers.
+fn load(a: &Server, b: &mut Server, total: usize) {
+    let table = Table::new(
+        &format!("Restarting a node with {total} instances in etcd"),
+        &[
+            "instances",
+            "restart to ready s",
+            "load s (log)",
+            "RSS after load MiB",
+        ],
+    );
+    let lines: Vec<String> = (0..total)
+        .map(|i| {
+            client::register(
+                &format!("load-{}", i / 10),
+                &format!("l-{i}"),
+                address(i),
+                80,
+                "",
+            )
+        })
+        .collect();
+    pipeline_parallel(&a.unix, lines, CONNECTIONS).check("filling the registry");
+    let took = b.restart();
+    let listed = Session::open(&b.unix)
+        .request("{\"op\":\"list\",\"service\":\"load-0\"}\n")
+        .matches("\"id\"")
+        .count();
+    assert_eq!(listed, 10, "the restarted node serves what etcd holds");
+    table.row(&[
+        total.to_string(),
+        format!("{:.2}", took.as_secs_f64()),
+        logged_seconds(&b.dir, "registry loaded"),
+        format!("{:.1}", b.rss() as f64 / (1024.0 * 1024.0)),
+    ]);
 }
 
 /// Ack on A to the event on B, one registration at a time.
@@ -47,7 +88,12 @@ fn cross_node(a: &Server, b: &Server, rounds: usize) {
     watcher
         .write_all(b"{\"op\":\"watch\",\"service\":\"xnode\"}\n")
         .expect("watch on B");
-    let reader = BufReader::new(watcher.try_clone().expect("clone"));
+    let mut reader = BufReader::new(watcher.try_clone().expect("clone"));
+    // The first line lists what is there: from then on, the watcher sees every change.
+    let mut listing = String::new();
+    reader
+        .read_line(&mut listing)
+        .expect("the watch's first line");
     let (seen, seen_rx) = std::sync::mpsc::channel::<(usize, Instant)>();
     std::thread::spawn(move || {
         for line in reader.lines().map_while(Result::ok) {

@@ -32,6 +32,10 @@ use crate::registry::{InstanceKey, Label, LabelKind};
 
 /// Operations per transaction: etcd's default `--max-txn-ops`.
 const TXN_OPS: usize = 128;
+/// Keys per read when loading: well inside gRPC's 4 MiB response limit.
+const READ_PAGE: i64 = 5_000;
+/// Largest watch response taken.
+const WATCH_MESSAGE: usize = 256 * 1024 * 1024;
 /// Wait between attempts to resume a lost watch.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -173,6 +177,18 @@ async fn keep_node_lease(mut client: Client, lease: i64, ttl: i64) {
     }
 }
 
+/// Waits for every task, failing with the first error.
+async fn join_all<T: 'static>(
+    mut tasks: tokio::task::JoinSet<Result<T, etcd_client::Error>>,
+) -> Result<Vec<T>, etcd_client::Error> {
+    let mut done = Vec::with_capacity(tasks.len());
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| etcd_client::Error::LeaseKeepAliveError(e.to_string()))?;
+        done.push(result?);
+    }
+    Ok(done)
+}
+
 /// Reads a key of ours back into an instance key.
 fn parse_key(prefix: &str, key: &[u8]) -> Option<InstanceKey> {
     let text = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
@@ -194,28 +210,47 @@ fn parse_value(kv: &KeyValue) -> Result<StoredInstance, String> {
         .map_err(|e| format!("{}: {e}", String::from_utf8_lossy(kv.key())))
 }
 
-/// Everything under the prefix, and the revision it was read at.
+/// Everything under the prefix, and the revision it was read at: in pages, all at
+/// that revision, since one response is limited to 4 MiB (about 10,000 instances).
 async fn read_all(
     client: &mut Client,
     prefix: &str,
     leases: &Mutex<HashMap<Vec<u8>, i64>>,
 ) -> Result<Loaded, etcd_client::Error> {
-    let response = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = response.header().map_or(0, |h| h.revision()) as u64;
-    let mut loaded = Loaded {
-        revision,
-        ..Loaded::default()
-    };
+    let mut end = prefix.as_bytes().to_vec();
+    // The prefix ends in '/': the range is every key before the next byte value.
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let mut loaded = Loaded::default();
     let mut known = HashMap::new();
-    for kv in response.kvs() {
-        if kv.lease() != 0 {
-            known.insert(kv.key().to_vec(), kv.lease());
+    let mut start = prefix.as_bytes().to_vec();
+    loop {
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(READ_PAGE);
+        if loaded.revision > 0 {
+            options = options.with_revision(loaded.revision as i64);
         }
-        match parse_value(kv) {
-            Ok(stored) => loaded.instances.push(stored),
-            Err(problem) => loaded.unreadable.push(problem),
+        let response = client.get(start.clone(), Some(options)).await?;
+        if loaded.revision == 0 {
+            loaded.revision = response.header().map_or(0, |h| h.revision()) as u64;
+        }
+        for kv in response.kvs() {
+            if kv.lease() != 0 {
+                known.insert(kv.key().to_vec(), kv.lease());
+            }
+            match parse_value(kv) {
+                Ok(stored) => loaded.instances.push(stored),
+                Err(problem) => loaded.unreadable.push(problem),
+            }
+        }
+        match response.kvs().last() {
+            Some(last) if response.more() => {
+                start = last.key().to_vec();
+                start.push(0);
+            }
+            _ => break,
         }
     }
     if let Ok(mut leases) = leases.lock() {
@@ -239,7 +274,12 @@ async fn follow(
             .with_start_revision(from as i64)
             .with_progress_notify();
         let mut compacted = false;
-        match client.watch(prefix.as_str(), Some(options)).await {
+        // Catching up, etcd sends up to 1,000 revisions in one response, which can
+        // be far over gRPC's default 4 MiB.
+        let mut watch = client
+            .watch_client()
+            .max_decoding_message_size(WATCH_MESSAGE);
+        match watch.watch(prefix.as_str(), Some(options)).await {
             Ok((_watcher, mut stream)) => loop {
                 let response = match stream.message().await {
                     Ok(Some(response)) => response,
@@ -401,12 +441,7 @@ impl Store for EtcdStore {
                     Ok::<_, etcd_client::Error>((index, granted.id()))
                 });
             }
-            let mut granted = HashMap::new();
-            while let Some(joined) = pending.join_next().await {
-                let (index, lease) = joined
-                    .map_err(|e| etcd_client::Error::LeaseKeepAliveError(e.to_string()))??;
-                granted.insert(index, lease);
-            }
+            let granted: HashMap<usize, i64> = join_all(pending).await?.into_iter().collect();
             let mut revision = 0;
             let mut ops = Vec::with_capacity(operations.len());
             for (index, (key, put)) in operations.into_iter().enumerate() {
@@ -435,11 +470,17 @@ impl Store for EtcdStore {
                 let response = client.txn(Txn::new().and_then(ops)).await?;
                 revision = response.header().map_or(revision, |h| h.revision() as u64);
             }
+            // A keep-alive is a stream of its own: all of them at once.
+            let mut pending = tokio::task::JoinSet::new();
             for lease in renewals {
-                let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                responses.message().await?;
+                let mut client = client.clone();
+                pending.spawn(async move {
+                    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+                    keeper.keep_alive().await?;
+                    responses.message().await.map(drop)
+                });
             }
+            join_all(pending).await?;
             Ok::<u64, etcd_client::Error>(revision)
         };
         self.run(work)?.map_err(|e| self.unavailable(e))

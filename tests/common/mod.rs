@@ -486,13 +486,35 @@ impl Registration {
         self.writer.flush().unwrap();
     }
 
+    /// Sends every request without waiting (written by a second thread while this
+    /// one reads, so neither side's buffer can stall the other) and returns the
+    /// replies, in order.
+    pub fn pipelined(&mut self, requests: &[Value]) -> Vec<Value> {
+        let Registration { reader, writer } = self;
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for request in requests {
+                    writer
+                        .write_all(format!("{request}\n").as_bytes())
+                        .expect("write request");
+                }
+                writer.flush().expect("write requests");
+            });
+            (0..requests.len()).map(|_| read_reply(reader)).collect()
+        })
+    }
+
     /// Reads one reply line.
     pub fn read(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("read reply");
-        assert!(n > 0, "server closed the connection");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
+        read_reply(&mut self.reader)
     }
+}
+
+fn read_reply(reader: &mut impl BufRead) -> Value {
+    let mut line = String::new();
+    let n = reader.read_line(&mut line).expect("read reply");
+    assert!(n > 0, "server closed the connection");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
 }
 
 /// Asserts that `reply` is a refusal with `code` whose message mentions `mention`.
