@@ -110,6 +110,43 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_missed_changes_past_a_compaction_reads_the_registry_again() {
+        if skipped() {
+            return;
+        }
+        // B knows only member 2; while member 2 is down, A (on members 0 and 1)
+        // writes, and etcd compacts its history past what B has seen.
+        let mut etcd = EtcdCluster::start(3);
+        let a = Svcdns::with(&[], &etcd.svcdns_config_on(&[0, 1], "/compact/", 2));
+        let b = Svcdns::with(&[], &etcd.svcdns_config_on(&[2], "/compact/", 2));
+        a.register(web("web-1", "10.0.0.1"));
+        a.register(web("web-2", "10.0.0.2"));
+        answers_within(&b, &["10.0.0.1", "10.0.0.2"], Duration::from_secs(2));
+        etcd.members[2].kill();
+        let mut on_a = a.connect();
+        let reply = on_a.send(&web("web-3", "10.0.0.3"));
+        assert_eq!(reply["ok"], true, "{reply}");
+        let reply = on_a.send(&json!({"op": "deregister", "service": "web", "id": "web-1"}));
+        assert_eq!(reply["ok"], true, "{reply}");
+        let status = etcd.etcdctl(&["put", "/compact-marker", "x", "-w", "json"]);
+        let revision = status
+            .split("\"revision\":")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .expect("a revision");
+        etcd.etcdctl(&["compact", revision, "--physical"]);
+        // B still answers from what it had.
+        assert_eq!(addresses(&b), ["10.0.0.1", "10.0.0.2"]);
+        etcd.start_member(2);
+        answers_within(&b, &["10.0.0.2", "10.0.0.3"], Duration::from_secs(15));
+        assert!(
+            b.logs_until("read the registry again")
+                .contains("read the registry again"),
+            "B reloaded rather than resumed"
+        );
+    }
+
+    #[test]
     fn a_node_starts_from_a_registry_larger_than_one_etcd_response() {
         if skipped() {
             return;

@@ -24,7 +24,7 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::runtime::Runtime;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Change, Feed, Loaded, Remote, RemoteChange, Store, StoreError, StoredInstance};
 use crate::config::EtcdConfig;
@@ -32,6 +32,9 @@ use crate::registry::{InstanceKey, Label, LabelKind};
 
 /// Operations per transaction: etcd's default `--max-txn-ops`.
 const TXN_OPS: usize = 128;
+/// How long a batch is tried again while etcd does not take it (an election, a
+/// member restarting) before the requests get `store_unavailable`.
+const COMMIT_RETRY: Duration = Duration::from_secs(6);
 /// Keys per read when loading: well inside gRPC's 4 MiB response limit.
 const READ_PAGE: i64 = 5_000;
 /// Largest watch response taken.
@@ -67,7 +70,7 @@ impl EtcdStore {
             .map_err(|e| unusable(format!("starting its client: {e}")))?;
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         let urls: Vec<String> = config
             .endpoints
@@ -187,6 +190,90 @@ async fn join_all<T: 'static>(
         done.push(result?);
     }
     Ok(done)
+}
+
+/// Which lease a put attaches its key to.
+#[derive(Clone, Copy)]
+enum PutLease {
+    None,
+    /// A new lease of this TTL, the instance's own.
+    Grant(i64),
+    /// The node's lease (ephemeral instances).
+    Node(i64),
+    /// Whatever lease the key has now (health marks).
+    Keep,
+}
+
+/// One batch's writes, as etcd takes them; kept whole so that it can be sent again.
+#[derive(Default)]
+struct Batch {
+    /// Keys to put (with their value and lease) or, with `None`, to delete, in order.
+    operations: Vec<(Vec<u8>, Option<(Vec<u8>, PutLease)>)>,
+    /// Leases to keep alive.
+    renewals: Vec<i64>,
+}
+
+impl Batch {
+    /// Grants the new leases, writes the keys (a transaction per [`TXN_OPS`]) and
+    /// renews the leases; the revision of the last write. Repeating it after a
+    /// failure writes the same keys again, which is harmless.
+    async fn commit(
+        &self,
+        client: Client,
+        leases: &Mutex<HashMap<Vec<u8>, i64>>,
+    ) -> Result<u64, etcd_client::Error> {
+        // One lease per leased instance, so that renewing one renews only it;
+        // granted all at once (etcd batches them) rather than one round trip each.
+        let mut pending = tokio::task::JoinSet::new();
+        for (index, (_, put)) in self.operations.iter().enumerate() {
+            if let Some((_, PutLease::Grant(ttl))) = put {
+                let (mut client, ttl) = (client.clone(), *ttl);
+                pending.spawn(async move {
+                    let granted = client.lease_grant(ttl, None).await?;
+                    Ok((index, granted.id()))
+                });
+            }
+        }
+        let granted: HashMap<usize, i64> = join_all(pending).await?.into_iter().collect();
+        let mut revision = 0;
+        let mut client = client;
+        for (chunk, operations) in self.operations.chunks(TXN_OPS).enumerate() {
+            let mut ops = Vec::with_capacity(operations.len());
+            for (offset, (key, put)) in operations.iter().enumerate() {
+                let Some((value, lease)) = put else {
+                    ops.push(TxnOp::delete(key.clone(), None));
+                    continue;
+                };
+                let options = match lease {
+                    PutLease::None => None,
+                    PutLease::Keep => Some(PutOptions::new().with_ignore_lease()),
+                    PutLease::Node(lease) => Some(PutOptions::new().with_lease(*lease)),
+                    PutLease::Grant(_) => {
+                        let lease = granted.get(&(chunk * TXN_OPS + offset)).copied();
+                        if let (Some(lease), Ok(mut leases)) = (lease, leases.lock()) {
+                            leases.insert(key.clone(), lease);
+                        }
+                        lease.map(|lease| PutOptions::new().with_lease(lease))
+                    }
+                };
+                ops.push(TxnOp::put(key.clone(), value.clone(), options));
+            }
+            let response = client.txn(Txn::new().and_then(ops)).await?;
+            revision = response.header().map_or(revision, |h| h.revision() as u64);
+        }
+        // A keep-alive is a stream of its own: all of them at once.
+        let mut pending = tokio::task::JoinSet::new();
+        for &lease in &self.renewals {
+            let mut client = client.clone();
+            pending.spawn(async move {
+                let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                responses.message().await.map(drop)
+            });
+        }
+        join_all(pending).await?;
+        Ok(revision)
+    }
 }
 
 /// Reads a key of ours back into an instance key.
@@ -394,94 +481,51 @@ impl Store for EtcdStore {
     }
 
     fn apply(&mut self, changes: &[Change]) -> Result<u64, StoreError> {
-        let mut operations = Vec::with_capacity(changes.len());
-        let mut renewals = Vec::new();
-        let mut grants = Vec::new();
+        let mut batch = Batch::default();
         for change in changes {
             match change {
                 Change::Put(stored) | Change::Health(stored) => {
-                    let key = self.key(&stored.key());
                     let instance = &stored.registration.instance;
-                    let options = if matches!(change, Change::Health(_)) {
+                    let lease = if matches!(change, Change::Health(_)) {
                         // A mark keeps the lease running as it was.
-                        Some(PutOptions::new().with_ignore_lease())
+                        PutLease::Keep
                     } else if instance.ephemeral {
-                        Some(PutOptions::new().with_lease(self.node_lease()?))
+                        PutLease::Node(self.node_lease()?)
                     } else if let Some(ttl) = instance.ttl {
-                        grants.push((operations.len(), i64::from(ttl)));
-                        None
+                        PutLease::Grant(i64::from(ttl))
                     } else {
-                        None
+                        PutLease::None
                     };
-                    operations.push((key, Some((stored.to_json(), options))));
+                    let put = (stored.to_json(), lease);
+                    batch.operations.push((self.key(&stored.key()), Some(put)));
                 }
-                Change::Delete(key) => operations.push((self.key(key), None)),
+                Change::Delete(key) => batch.operations.push((self.key(key), None)),
                 Change::Renew(key) => {
                     let lease = self
                         .leases
                         .lock()
                         .ok()
                         .and_then(|leases| leases.get(&self.key(key)).copied());
-                    renewals.extend(lease);
+                    batch.renewals.extend(lease);
                 }
                 // etcd runs the leases; serials are each node's own.
                 Change::Lease { .. } | Change::Serial(_) => {}
             }
         }
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let leases = self.leases.clone();
         let work = async move {
-            // One lease per leased instance, so that renewing one renews only it;
-            // granted all at once (etcd batches them) rather than one round trip each.
-            let mut pending = tokio::task::JoinSet::new();
-            for (index, ttl) in grants {
-                let mut client = client.clone();
-                pending.spawn(async move {
-                    let granted = client.lease_grant(ttl, None).await?;
-                    Ok::<_, etcd_client::Error>((index, granted.id()))
-                });
-            }
-            let granted: HashMap<usize, i64> = join_all(pending).await?.into_iter().collect();
-            let mut revision = 0;
-            let mut ops = Vec::with_capacity(operations.len());
-            for (index, (key, put)) in operations.into_iter().enumerate() {
-                ops.push(match put {
-                    Some((value, options)) => {
-                        let options = match granted.get(&index) {
-                            Some(&lease) => {
-                                if let Ok(mut leases) = leases.lock() {
-                                    leases.insert(key.clone(), lease);
-                                }
-                                Some(PutOptions::new().with_lease(lease))
-                            }
-                            None => options,
-                        };
-                        TxnOp::put(key, value, options)
+            // Losing the leader costs an election (about a second): worth waiting for.
+            let deadline = tokio::time::Instant::now() + COMMIT_RETRY;
+            loop {
+                match batch.commit(client.clone(), &leases).await {
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        debug!(error = %e, "etcd did not take a batch; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    None => TxnOp::delete(key, None),
-                });
-                if ops.len() == TXN_OPS {
-                    let txn = Txn::new().and_then(std::mem::take(&mut ops));
-                    let response = client.txn(txn).await?;
-                    revision = response.header().map_or(revision, |h| h.revision() as u64);
+                    result => return result,
                 }
             }
-            if !ops.is_empty() {
-                let response = client.txn(Txn::new().and_then(ops)).await?;
-                revision = response.header().map_or(revision, |h| h.revision() as u64);
-            }
-            // A keep-alive is a stream of its own: all of them at once.
-            let mut pending = tokio::task::JoinSet::new();
-            for lease in renewals {
-                let mut client = client.clone();
-                pending.spawn(async move {
-                    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
-                    keeper.keep_alive().await?;
-                    responses.message().await.map(drop)
-                });
-            }
-            join_all(pending).await?;
-            Ok::<u64, etcd_client::Error>(revision)
         };
         self.run(work)?.map_err(|e| self.unavailable(e))
     }

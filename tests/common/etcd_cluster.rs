@@ -142,13 +142,35 @@ impl EtcdCluster {
         member.child = Some(child);
     }
 
-    /// The client endpoints of the members, as YAML list items (`"127.0.0.1:P", …`).
-    pub fn endpoints_yaml(&self) -> String {
-        self.members
+    /// The client endpoints of `members`, as YAML list items (`"127.0.0.1:P", …`).
+    fn endpoints_yaml(&self, members: &[usize]) -> String {
+        members
             .iter()
-            .map(|m| format!("\"{}\"", m.endpoint()))
+            .map(|&i| format!("\"{}\"", self.members[i].endpoint()))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// Runs etcdctl against the running members; its standard output.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let endpoints: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(Member::endpoint)
+            .collect();
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoints.join(",")])
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// Waits until a write goes through the running members (a leader and a quorum).
@@ -176,9 +198,15 @@ impl EtcdCluster {
 
     /// svcdns configuration lines for this cluster.
     pub fn svcdns_config(&self, prefix: &str, lease_ttl: u64) -> String {
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        self.svcdns_config_on(&all, prefix, lease_ttl)
+    }
+
+    /// svcdns configuration lines for a node that knows only `members`.
+    pub fn svcdns_config_on(&self, members: &[usize], prefix: &str, lease_ttl: u64) -> String {
         format!(
             "etcd:\n  endpoints: [{}]\n  prefix: {prefix}\n  lease_ttl: {lease_ttl}\n",
-            self.endpoints_yaml()
+            self.endpoints_yaml(members)
         )
     }
 }
