@@ -16,6 +16,8 @@ use crate::registrations::address;
 use crate::server::Server;
 use crate::{ms, option, quantile, Table};
 
+// Shared with the tests; the bench uses only part of it.
+#[allow(dead_code)]
 #[path = "../../tests/common/etcd_cluster.rs"]
 mod etcd_cluster;
 

@@ -204,11 +204,21 @@ enum PutLease {
     Keep,
 }
 
+/// One key written.
+enum Write {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: PutLease,
+    },
+    Delete(Vec<u8>),
+}
+
 /// One batch's writes, as etcd takes them; kept whole so that it can be sent again.
 #[derive(Default)]
 struct Batch {
-    /// Keys to put (with their value and lease) or, with `None`, to delete, in order.
-    operations: Vec<(Vec<u8>, Option<(Vec<u8>, PutLease)>)>,
+    /// In order.
+    operations: Vec<Write>,
     /// Leases to keep alive.
     renewals: Vec<i64>,
 }
@@ -225,8 +235,12 @@ impl Batch {
         // One lease per leased instance, so that renewing one renews only it;
         // granted all at once (etcd batches them) rather than one round trip each.
         let mut pending = tokio::task::JoinSet::new();
-        for (index, (_, put)) in self.operations.iter().enumerate() {
-            if let Some((_, PutLease::Grant(ttl))) = put {
+        for (index, write) in self.operations.iter().enumerate() {
+            if let Write::Put {
+                lease: PutLease::Grant(ttl),
+                ..
+            } = write
+            {
                 let (mut client, ttl) = (client.clone(), *ttl);
                 pending.spawn(async move {
                     let granted = client.lease_grant(ttl, None).await?;
@@ -239,10 +253,13 @@ impl Batch {
         let mut client = client;
         for (chunk, operations) in self.operations.chunks(TXN_OPS).enumerate() {
             let mut ops = Vec::with_capacity(operations.len());
-            for (offset, (key, put)) in operations.iter().enumerate() {
-                let Some((value, lease)) = put else {
-                    ops.push(TxnOp::delete(key.clone(), None));
-                    continue;
+            for (offset, write) in operations.iter().enumerate() {
+                let (key, value, lease) = match write {
+                    Write::Delete(key) => {
+                        ops.push(TxnOp::delete(key.clone(), None));
+                        continue;
+                    }
+                    Write::Put { key, value, lease } => (key, value, lease),
                 };
                 let options = match lease {
                     PutLease::None => None,
@@ -496,10 +513,13 @@ impl Store for EtcdStore {
                     } else {
                         PutLease::None
                     };
-                    let put = (stored.to_json(), lease);
-                    batch.operations.push((self.key(&stored.key()), Some(put)));
+                    batch.operations.push(Write::Put {
+                        key: self.key(&stored.key()),
+                        value: stored.to_json(),
+                        lease,
+                    });
                 }
-                Change::Delete(key) => batch.operations.push((self.key(key), None)),
+                Change::Delete(key) => batch.operations.push(Write::Delete(self.key(key))),
                 Change::Renew(key) => {
                     let lease = self
                         .leases
