@@ -187,6 +187,16 @@ mod tests {
         assert_eq!(holder.send(&ephemeral)["ok"], true);
         b.register(web("web-p", "10.0.0.6"));
         answers_within(&b, &["10.0.0.5", "10.0.0.6"], Duration::from_secs(2));
+        // A backup holds no ephemeral instance: a restore could not bring its
+        // connection back.
+        let backup = b.connect().send(&json!({"op": "snapshot"}));
+        let backed_up: Vec<&str> = backup["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["id"].as_str())
+            .collect();
+        assert_eq!(backed_up, ["web-p"], "{backup}");
         a.kill9();
         // Gone from B once A's lease runs out (2 s), not before it could.
         let took = answers_within(&b, &["10.0.0.6"], Duration::from_secs(6));

@@ -430,8 +430,11 @@ pub fn listing_line(op: &str, snapshot: &View, filter: Option<&Label>) -> Vec<u8
 /// "instances":[…]}` with every stored instance of `view` (not ephemeral, not static)
 /// and its lease deadline, as one line with its newline.
 pub fn snapshot_line(view: &View) -> Vec<u8> {
+    // With etcd, ephemeral instances are stored too; a backup never holds them (they
+    // live with a connection that a restore cannot bring back).
     let instances: Vec<Value> = stored_instances(view)
         .iter()
+        .filter(|stored| !stored.registration.instance.ephemeral)
         .map(StoredInstance::to_backup)
         .collect();
     let zones: Vec<usize> = (0..view.zones().len()).collect();

@@ -422,8 +422,8 @@ pub fn listing<'a>(view: &'a View, service: Option<&str>) -> Vec<InstanceJson<'a
     rows
 }
 
-/// Every stored instance of a snapshot (neither ephemeral nor static), as a backup
-/// (`svcdns snapshot save`) keeps them.
+/// Every stored instance of a snapshot: not static, and not ephemeral unless the store
+/// is shared (etcd).
 pub fn stored_instances(view: &View) -> Vec<StoredInstance> {
     let now = Instant::now();
     let mut stored = Vec::new();
