@@ -27,6 +27,10 @@ use crate::registry::watch::{Event, Reason};
 use crate::registry::{stored_instances, Admission, ConnectionId, InstanceKey, RegistryError};
 use crate::store::{Remote, RemoteChange, StoredInstance};
 
+/// Wait before committing again the removals of a closed connection's instances that
+/// the store did not take.
+const RELEASE_RETRY: Duration = Duration::from_secs(1);
+
 /// Longest a committed request waits for its change to come back before it is
 /// answered with an error (the node lost its watch): the change is in the store and
 /// will be applied when the watch resumes, but the client must not wait forever.
@@ -42,6 +46,11 @@ pub(in crate::registry) struct Following {
     /// The connection each ephemeral instance this node committed belongs to, until
     /// the instance comes back from the store.
     owners: HashMap<InstanceKey, ConnectionId>,
+    /// Closed connections whose instances the store did not remove yet, and when to
+    /// try again. Left alone, they would stay as long as the node's lease, which the
+    /// node keeps alive.
+    releases: Vec<Command>,
+    release_at: Option<Instant>,
 }
 
 struct Parked {
@@ -57,12 +66,15 @@ impl Following {
             applied: 0,
             parked: VecDeque::new(),
             owners: HashMap::new(),
+            releases: Vec::new(),
+            release_at: None,
         }
     }
 
-    /// When the oldest waiting request gives up.
+    /// When the oldest waiting request gives up, or releases are tried again.
     pub(in crate::registry) fn deadline(&self) -> Option<Instant> {
-        self.parked.front().map(|parked| parked.since + ACK_WAIT)
+        let gives_up = self.parked.front().map(|parked| parked.since + ACK_WAIT);
+        gives_up.into_iter().chain(self.release_at).min()
     }
 }
 
@@ -73,6 +85,12 @@ impl Writer {
     pub(super) fn apply_shared(&mut self, batch: &mut Vec<Command>, now: Instant) -> bool {
         let mut proposals = Vec::new();
         let mut local = Vec::new();
+        if let Some(following) = self.shared.as_mut() {
+            if following.release_at.is_some_and(|at| at <= now) {
+                following.release_at = None;
+                proposals.append(&mut following.releases);
+            }
+        }
         for command in batch.drain(..) {
             match command {
                 Command::Remote(remote) => self.apply_remote(remote, now),
@@ -96,11 +114,13 @@ impl Writer {
     fn propose(&mut self, batch: &mut Vec<Command>, now: Instant) {
         let mut plan = self.plan(batch, now, &StoreState::Writable);
         let mut revision = 0;
+        let mut failed = false;
         if !plan.changes.is_empty() {
             match self.store.apply(&plan.changes) {
                 Ok(committed) => revision = committed,
                 Err(e) => {
                     metrics::store_failed();
+                    failed = true;
                     plan = self.plan(batch, now, &StoreState::Unavailable(e.to_string()));
                 }
             }
@@ -108,6 +128,21 @@ impl Writer {
         let Some(following) = self.shared.as_mut() else {
             return;
         };
+        if failed {
+            // A release cannot be refused: it is tried until the store takes it.
+            let mut index = 0;
+            while index < batch.len() {
+                if matches!(batch[index], Command::Release { .. }) {
+                    following.releases.push(batch.remove(index));
+                    plan.acks.remove(index);
+                } else {
+                    index += 1;
+                }
+            }
+            if !following.releases.is_empty() {
+                following.release_at = Some(now + RELEASE_RETRY);
+            }
+        }
         for effect in &plan.effects {
             if let Effect::Own(connection, at) = effect {
                 following.owners.insert(key_of(&plan.view, at), *connection);
