@@ -119,7 +119,7 @@ pub struct Writer {
     renewed: HashSet<InstanceRef>,
     next_checkpoint: Instant,
     limits: Limits,
-    /// What the store is shared with other nodes: see [`shared`].
+    /// Set when the store is shared with other nodes: see [`shared`].
     shared: Option<shared::Following>,
 }
 
