@@ -1,5 +1,5 @@
 //! svcdns benchmarks, each one command, on loopback only, bounded in time, printing a
-//! table: `registrations`, `scale`, `churn`, `dns`, `durable`, `soak`. Run through `bench/<name>` at the
+//! table: `registrations`, `scale`, `churn`, `dns`, `durable`, `soak`, `transfer`. Run through `bench/<name>` at the
 //! repository root, which builds the release binaries first. `hold --size N` loads the
 //! scale dataset of N instances into a server and keeps it until stdin closes, for
 //! profiling by hand.
@@ -13,6 +13,7 @@ mod registrations;
 mod scale;
 mod server;
 mod soak;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -25,10 +26,11 @@ fn main() -> ExitCode {
         Some("dns") => peers::run(&args[1..]),
         Some("durable") => durable::run(&args[1..]),
         Some("soak") => soak::run(&args[1..]),
+        Some("transfer") => transfer::run(&args[1..]),
         Some("hold") => scale::hold(&args[1..]),
         _ => {
             eprintln!(
-                "usage: svcdns-bench registrations|scale|churn|dns|durable|soak|hold [options]"
+                "usage: svcdns-bench registrations|scale|churn|dns|durable|soak|transfer|hold [options]"
             );
             return ExitCode::FAILURE;
         }

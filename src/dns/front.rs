@@ -46,8 +46,9 @@ const RCODE_REFUSED: u8 = 5;
 /// BADVERS (16) is all in the OPT record's extended bits (RFC 6891 §6.1.3).
 const EXTENDED_RCODE_BADVERS: u8 = 1;
 
-/// Query types only hickory handles: OPT, TKEY, TSIG, zone transfers and the obsolete
-/// mail types (RFC 6895 §3.1: meta and query types).
+/// Query types the fast path leaves to [`Fallback`]: zone transfers (answered by
+/// `transfer`), OPT, TKEY, TSIG and the obsolete mail types (RFC 6895 §3.1: meta and
+/// query types), which hickory handles.
 fn for_hickory(record_type: u16) -> bool {
     matches!(record_type, TYPE_OPT | 249..=254)
 }

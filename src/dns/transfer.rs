@@ -140,11 +140,13 @@ impl Transfers {
     pub fn udp(&self, packet: &[u8], client: SocketAddr) -> Option<Vec<u8>> {
         let request = TransferQuery::parse(packet)?;
         let query = &request.query;
-        let zone = match query.record_type {
-            TYPE_AXFR => return Some(error(query, RCODE_NOTIMP)),
-            TYPE_IXFR => self.zone_at_apex(&request)?,
-            _ => return None,
-        };
+        if !matches!(query.record_type, TYPE_AXFR | TYPE_IXFR) {
+            return None;
+        }
+        let zone = self.zone_at_apex(&request)?;
+        if query.record_type == TYPE_AXFR {
+            return Some(error(query, RCODE_NOTIMP));
+        }
         if !self.settings.load().allows(client.ip()) {
             return Some(error(query, RCODE_REFUSED));
         }

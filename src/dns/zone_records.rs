@@ -252,3 +252,135 @@ fn owner_wire(labels: &[&str], origin: &[u8], out: &mut Vec<u8>) {
     }
     out.extend_from_slice(origin);
 }
+
+#[cfg(test)]
+mod tests {
+    //! A difference must be exactly what turns one version's records into the next's,
+    //! whatever happened in between: the invariant IXFR relies on, which the
+    //! integration tests see only for a few changes.
+
+    use std::collections::BTreeSet;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use arc_swap::ArcSwap;
+    use hickory_proto::rr::Name;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::dns::zone::Zone;
+    use crate::dns::ZoneSpec;
+    use crate::registry::model::{LabelKind, Meta};
+    use crate::registry::view::{Entry, InstanceRef};
+    use crate::registry::{Health, Instance, View};
+
+    fn label(text: String) -> Label {
+        Label::parse(&text, LabelKind::Id).unwrap()
+    }
+
+    fn all_records(zone: &ServedZone, view: &ZoneView) -> BTreeSet<ZoneRecord> {
+        let mut records = static_records(zone);
+        for (name, service) in view.services() {
+            service_records(zone, view, name, service, &mut records);
+        }
+        let count = records.len();
+        let set: BTreeSet<ZoneRecord> = records.into_iter().collect();
+        assert_eq!(set.len(), count, "a record listed twice");
+        set
+    }
+
+    /// One change: `(service, id, kind, address, udp, tag, ttl)`; kind 0-2 registers
+    /// (replacing), 3 removes, 4 marks critical, 5 marks healthy.
+    type Change = (u8, u8, u8, u8, bool, Option<u8>, u8);
+
+    fn change() -> impl Strategy<Value = Change> {
+        (
+            0..3u8,
+            0..5u8,
+            0..6u8,
+            0..4u8,
+            prop::bool::weighted(0.2),
+            prop::option::of(0..2u8),
+            1..4u8,
+        )
+    }
+
+    fn apply(view: &mut View, (service, id, kind, address, udp, tag, ttl): Change) {
+        let service = label(format!("s{service}"));
+        let id = label(format!("i{id}"));
+        let at = InstanceRef {
+            zone: 0,
+            service: service.clone(),
+            id: id.clone(),
+        };
+        match kind {
+            3 => {
+                view.remove(&at);
+            }
+            4 | 5 => {
+                view.mark(
+                    &at,
+                    if kind == 4 {
+                        Health::Critical
+                    } else {
+                        Health::Healthy
+                    },
+                );
+            }
+            _ => {
+                let instance = Instance {
+                    id,
+                    addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, address))]
+                        .into_boxed_slice(),
+                    port: 80,
+                    proto: if udp { Proto::Udp } else { Proto::Tcp },
+                    priority: 1,
+                    weight: 1,
+                    tags: tag.map(|t| label(format!("t{t}"))).into_iter().collect(),
+                    meta: Meta::default(),
+                    dns_ttl: Some(u32::from(ttl)),
+                    ttl: None,
+                    ephemeral: false,
+                };
+                if view.zones()[0].check_labels(&service, &instance).is_ok() {
+                    view.insert(0, &service, Arc::new(Entry::new(instance, 5, None, true)));
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn a_difference_turns_one_version_into_the_next(
+            batches in prop::collection::vec(prop::collection::vec(change(), 1..6), 1..12)
+        ) {
+            let origin = Name::from_ascii("svc.internal.").unwrap();
+            let spec = ZoneSpec::empty(origin, 5, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            let zone = Zone::new(&spec);
+            let mut view = View::new(vec![zone.settings()], Instant::now(), 1);
+            let published = Arc::new(ArcSwap::from_pointee(view.clone()));
+            let served = ServedZone::new(Arc::new(zone), published, 0, Sampling::default());
+            let mut before = Arc::new(view.clone());
+            for batch in &batches {
+                for change in batch {
+                    apply(&mut view, *change);
+                }
+                let after = Arc::new(view.clone());
+                let old = all_records(&served, &before.zones()[0]);
+                let new = all_records(&served, &after.zones()[0]);
+                let difference = difference(&served, &before.zones()[0], &after.zones()[0]);
+                let mut patched = old.clone();
+                for record in &difference.removed {
+                    prop_assert!(patched.remove(record), "removes a record it does not have");
+                }
+                for record in &difference.added {
+                    prop_assert!(patched.insert(record.clone()), "adds a record it already has");
+                }
+                prop_assert_eq!(&patched, &new);
+                before = after;
+            }
+        }
+    }
+}
