@@ -539,3 +539,20 @@ fn knot_as_a_secondary_follows_registrations_within_two_seconds() {
         vec!["_api._tcp.svc.internal.".to_string()]
     );
 }
+
+#[test]
+fn a_reload_changes_who_may_transfer() {
+    let server = with_transfer(r#"{allow: ["127.0.0.2/32"]}"#);
+    assert_eq!(transfer(server.dns, None).rcode, ResponseCode::Refused);
+    let config_path = server.dir.path().join("svcdns.yaml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, config.replace("127.0.0.2/32", "127.0.0.1/32")).unwrap();
+    let logs = server.reload();
+    assert!(!logs.contains("takes effect at the next restart"), "{logs}");
+    let axfr = transfer(server.dns, None);
+    assert_eq!(axfr.rcode, ResponseCode::NoError);
+    assert_eq!(
+        axfr.records.last().map(Record::record_type),
+        Some(RecordType::SOA)
+    );
+}

@@ -16,7 +16,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -35,7 +35,9 @@ const WARNING_INTERVAL: u64 = 10;
 /// A zone's new serial, for some secondaries.
 struct Notice {
     origin: Name,
-    serial: u32,
+    /// The zone's SOA with its new serial: sent in the answer section, as Knot does,
+    /// so a secondary can tell at once that it is behind (RFC 1996 §3.7).
+    soa: Record,
     targets: Vec<SocketAddr>,
 }
 
@@ -53,15 +55,15 @@ impl Notifier {
         Notifier { notices }
     }
 
-    /// Tells each of `targets` that zone `origin` is now at `serial`.
-    pub fn notify(&self, origin: &Name, serial: u32, targets: &[SocketAddr]) {
+    /// Tells each of `targets` that zone `origin` now has `soa`.
+    pub fn notify(&self, origin: &Name, soa: Record, targets: &[SocketAddr]) {
         if targets.is_empty() {
             return;
         }
         // Fails only once the task is gone, at shutdown.
         let _ = self.notices.send(Notice {
             origin: origin.clone(),
-            serial,
+            soa,
             targets: targets.to_vec(),
         });
     }
@@ -72,7 +74,7 @@ async fn run(mut notices: mpsc::UnboundedReceiver<Notice>) {
     while let Some(notice) = notices.recv().await {
         sending.retain(|_, task| !task.is_finished());
         for target in notice.targets {
-            let task = tokio::spawn(deliver(notice.origin.clone(), notice.serial, target));
+            let task = tokio::spawn(deliver(notice.origin.clone(), notice.soa.clone(), target));
             if let Some(older) = sending.insert((notice.origin.clone(), target), task) {
                 older.abort();
             }
@@ -81,9 +83,13 @@ async fn run(mut notices: mpsc::UnboundedReceiver<Notice>) {
 }
 
 /// Sends the notice until `target` answers it, or the attempts run out.
-async fn deliver(origin: Name, serial: u32, target: SocketAddr) {
+async fn deliver(origin: Name, soa: Record, target: SocketAddr) {
     static THROTTLE: LogThrottle = LogThrottle::new(WARNING_INTERVAL);
-    let outcome = exchange(&origin, target).await;
+    let serial = match &soa.data {
+        RData::SOA(data) => data.serial,
+        _ => 0,
+    };
+    let outcome = exchange(&origin, soa, target).await;
     match outcome {
         Ok(ResponseCode::NoError) => {
             debug!(zone = %origin, serial, %target, "NOTIFY acknowledged");
@@ -104,7 +110,7 @@ async fn deliver(origin: Name, serial: u32, target: SocketAddr) {
 }
 
 /// One NOTIFY exchange with retries: the response code of the answer.
-async fn exchange(origin: &Name, target: SocketAddr) -> io::Result<ResponseCode> {
+async fn exchange(origin: &Name, soa: Record, target: SocketAddr) -> io::Result<ResponseCode> {
     let local = match target {
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
@@ -115,6 +121,7 @@ async fn exchange(origin: &Name, target: SocketAddr) -> io::Result<ResponseCode>
     let mut message = Message::new(id, MessageType::Query, OpCode::Notify);
     message.metadata.authoritative = true;
     message.add_query(Query::query(origin.clone(), RecordType::SOA));
+    message.add_answer(soa);
     let bytes = message.to_vec().map_err(io::Error::other)?;
     let mut wait = FIRST_WAIT;
     let mut buffer = vec![0; 4096];

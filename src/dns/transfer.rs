@@ -22,6 +22,7 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::fitter::to_record;
 use super::front::{response_limit, Responder, Transport, TCP_LIMIT};
 use super::journal::{Journal, Since};
 use super::notify::Notifier;
@@ -275,8 +276,9 @@ impl Transfers {
         let settings = self.settings.load();
         for (index, serial) in moved {
             if let Some(zone) = zones.iter().find(|zone| zone.index() == index) {
+                let soa = to_record(zone.soa_at(serial));
                 self.notifier
-                    .notify(zone.zone().origin(), serial, &settings.notify);
+                    .notify(zone.zone().origin(), soa, &settings.notify);
             }
         }
     }
