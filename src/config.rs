@@ -2,12 +2,14 @@
 //! unknown keys are errors, because a misspelt key that is silently ignored is a
 //! setting the user believes in and does not have.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::dns::transfer::TransferSettings;
 use crate::registry::spec::canonical_zone;
 use crate::registry::{InstanceLimits, Limits};
 
@@ -103,6 +105,51 @@ pub struct DnsConfig {
     /// Answer plain queries in our zones on svcdns's own wire path. `false` sends every
     /// query through hickory's Catalog instead: slower, for comparing the two.
     pub fast_path: bool,
+    /// Zone transfers to secondaries, and NOTIFY when a zone changes.
+    pub transfer: TransferConfig,
+}
+
+/// `dns.transfer`: secondaries (Knot, NSD, BIND) that copy our zones.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Clients that may AXFR and IXFR our zones; the rest are REFUSED. Empty: nobody.
+    pub allow: Vec<IpPrefix>,
+    /// Secondaries sent a NOTIFY when a zone's serial moves.
+    pub notify: Vec<SocketAddr>,
+}
+
+impl TransferConfig {
+    /// What the DNS side takes.
+    pub fn settings(&self) -> TransferSettings {
+        TransferSettings {
+            allow: self.allow.iter().map(|prefix| prefix.0).collect(),
+            notify: self.notify.clone(),
+        }
+    }
+}
+
+/// An IP prefix (`10.0.0.0/8`, `::1/128`), or one address, which stands for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IpPrefix(pub IpNet);
+
+impl TryFrom<String> for IpPrefix {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<IpPrefix, String> {
+        let prefix = match text.parse::<IpNet>() {
+            Ok(prefix) => prefix,
+            Err(_) => text
+                .trim()
+                .parse::<IpAddr>()
+                .map(IpNet::from)
+                .map_err(|_| {
+                    format!("{text:?} is not an IP prefix such as \"127.0.0.0/8\" or \"::1/128\"")
+                })?,
+        };
+        Ok(IpPrefix(prefix.trunc()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -249,6 +296,7 @@ impl Default for DnsConfig {
             udp_threads: None,
             fast_path: true,
             rate_limit: None,
+            transfer: TransferConfig::default(),
         }
     }
 }

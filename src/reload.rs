@@ -20,6 +20,7 @@ use crate::api::auth::{LiveTokens, Tokens};
 use crate::config::Config;
 use crate::dns::forward::Forwarder;
 use crate::dns::front::{Fallback, Responder};
+use crate::dns::transfer::Transfers;
 use crate::dns::{self, zone_file, LiveZones, Sampling, ServedZone, ZoneSpec, Zones};
 use crate::registry::{InstanceKey, Registration, Registry, View};
 
@@ -35,6 +36,8 @@ pub struct Reloader {
     pub registry: Registry,
     pub responder: Arc<Responder>,
     pub fallback: Fallback,
+    /// Zone transfers, whose `dns.transfer` settings a reload replaces.
+    pub transfers: Arc<Transfers>,
     /// The registration tokens, when `registration.tokens_file` is set: read again
     /// from the file the server started with.
     pub tokens: Option<Arc<LiveTokens>>,
@@ -106,6 +109,8 @@ impl Reloader {
         self.zones.replace(zones);
         self.fallback.replace_catalog(catalog);
         self.responder.replace_zones(served);
+        self.transfers
+            .replace_settings(config.dns.transfer.settings());
         let ignored = unreloadable_changes(&self.config, &config);
         self.config = config;
         self.specs = specs;
@@ -327,12 +332,13 @@ fn unreloadable_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         let mut dns = config.dns.clone();
         dns.ttl = 0;
         dns.max_answer_records = None;
+        dns.transfer = Default::default();
         dns
     };
     [
         (
             dns_other(old) != dns_other(new),
-            "dns (other than ttl and max_answer_records)",
+            "dns (other than ttl, max_answer_records and transfer)",
         ),
         (old.registration != new.registration, "registration"),
         (old.default_zone != new.default_zone, "default_zone"),

@@ -16,6 +16,7 @@ use crate::dns::front::{Fallback, Responder};
 use crate::dns::rate_limit::RateLimitSettings;
 use crate::dns::server::{DnsServer, DnsSettings};
 use crate::dns::tcp::TcpSettings;
+use crate::dns::transfer::Transfers;
 use crate::dns::LiveZones;
 use crate::http::{HttpServer, Readiness};
 use crate::metrics::{self, Exporter};
@@ -68,8 +69,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         sampling(&config),
         built.forwarder,
     );
-    let fallback = Fallback::new(catalog);
     let responder = Arc::new(Responder::new(served, config.dns.fast_path));
+    let transfers = Transfers::start(
+        responder.clone(),
+        registry.published(),
+        config.dns.transfer.settings(),
+    )
+    .context("starting the zone transfer journal")?;
+    let fallback = Fallback::new(catalog).with_transfers(transfers.clone());
     let dns_settings = DnsSettings {
         listen: config.dns.listen.clone(),
         udp_threads: config
@@ -124,6 +131,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         registry: registry.clone(),
         responder,
         fallback,
+        transfers: transfers.clone(),
         tokens,
     };
     loop {
@@ -141,6 +149,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     }
     info!("shutting down");
     readiness.set_stopping();
+    transfers.stop();
     registration.shutdown().await;
     let writer = registry.clone();
     tokio::task::spawn_blocking(move || writer.shutdown())

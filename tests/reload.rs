@@ -234,7 +234,7 @@ fn a_reload_picks_up_new_forward_upstreams() {
     .unwrap();
     let logs = server.reload();
     assert!(
-        logs.contains("dns (other than ttl and max_answer_records) changed"),
+        logs.contains("dns (other than ttl, max_answer_records and transfer) changed"),
         "{logs}"
     );
 }

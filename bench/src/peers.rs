@@ -335,7 +335,7 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn find_program(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
+pub fn find_program(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
@@ -345,7 +345,7 @@ fn find_program(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
 }
 
 /// A loopback port free for both UDP and TCP right now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
         let port = udp.local_addr().expect("local address").port();

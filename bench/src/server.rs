@@ -18,11 +18,18 @@ pub struct Server {
 impl Server {
     /// Starts svcdns with `extra` appended to its configuration (top-level keys).
     pub fn start(name: &str, extra: &str) -> Server {
+        Server::start_with_dns(name, "", extra)
+    }
+
+    /// As [`Server::start`], with `dns_lines` (YAML lines, unindented) added to the
+    /// `dns:` section.
+    pub fn start_with_dns(name: &str, dns_lines: &str, extra: &str) -> Server {
+        let dns_extra: String = dns_lines.lines().map(|l| format!("  {l}\n")).collect();
         let dir = std::env::temp_dir().join(format!("svcdns-bench-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("bench directory");
         let config = format!(
-            "dns:\n  listen: [\"127.0.0.1:0\"]\nregistration:\n  unix: svcdns.sock\n  tcp: null\n  max_connections: 4096\nzones_dir: zones\n{extra}"
+            "dns:\n  listen: [\"127.0.0.1:0\"]\n{dns_extra}registration:\n  unix: svcdns.sock\n  tcp: null\n  max_connections: 4096\nzones_dir: zones\n{extra}"
         );
         std::fs::write(dir.join("svcdns.yaml"), config).expect("config");
         Server::spawn(dir)

@@ -155,7 +155,7 @@ impl Sink for Fitter<'_> {
 }
 
 /// A hickory record for one of ours.
-fn to_record(record: Rec<'_>) -> Record {
+pub fn to_record(record: Rec<'_>) -> Record {
     let rdata = match record.data {
         Rdata::A(address) => RData::A(A(address)),
         Rdata::Aaaa(address) => RData::AAAA(AAAA(address)),

@@ -27,6 +27,7 @@ use tracing::warn;
 
 use super::forward::{with_extended_error, FORWARDING_FAILURE};
 use super::records;
+use super::transfer::{Reply as TransferReply, Transfers};
 use super::wire::{
     Packet, ResponseWriter, Scratch, Section, WireName, CLASSIC_UDP_LIMIT, CLASS_IN, HEADER_LEN,
     MAX_UDP_RESPONSE, TYPE_OPT,
@@ -35,7 +36,7 @@ use super::zone::{Negative, ServedZone};
 use crate::throttle::LogThrottle;
 
 /// Largest DNS message over TCP (RFC 1035 §4.2.2).
-const TCP_LIMIT: usize = 65_535;
+pub const TCP_LIMIT: usize = 65_535;
 /// At most one warning about answers too large for TCP per this many seconds.
 const HUGE_ANSWER_WARNING_INTERVAL: u64 = 10;
 
@@ -45,8 +46,9 @@ const RCODE_REFUSED: u8 = 5;
 /// BADVERS (16) is all in the OPT record's extended bits (RFC 6891 §6.1.3).
 const EXTENDED_RCODE_BADVERS: u8 = 1;
 
-/// Query types only hickory handles: OPT, TKEY, TSIG, zone transfers and the obsolete
-/// mail types (RFC 6895 §3.1: meta and query types).
+/// Query types the fast path leaves to [`Fallback`]: zone transfers (answered by
+/// `transfer`), OPT, TKEY, TSIG and the obsolete mail types (RFC 6895 §3.1: meta and
+/// query types), which hickory handles.
 fn for_hickory(record_type: u16) -> bool {
     matches!(record_type, TYPE_OPT | 249..=254)
 }
@@ -104,6 +106,11 @@ impl Responder {
             zones: ArcSwap::from_pointee(zones),
             enabled,
         }
+    }
+
+    /// The zones answered now.
+    pub fn zones(&self) -> Arc<Vec<Arc<ServedZone>>> {
+        self.zones.load_full()
     }
 
     /// Answers from `zones` from now on.
@@ -202,13 +209,27 @@ pub fn warn_huge_answer(
 pub struct Fallback {
     /// Replaced whole when a reload changes the zones or the upstreams.
     catalog: Arc<ArcSwap<Catalog>>,
+    /// Zone transfers, answered before the Catalog sees them (see `transfer`).
+    transfers: Option<Arc<Transfers>>,
 }
 
 impl Fallback {
     pub fn new(catalog: Catalog) -> Fallback {
         Fallback {
             catalog: Arc::new(ArcSwap::from_pointee(catalog)),
+            transfers: None,
         }
+    }
+
+    /// Answers zone transfer requests with `transfers`.
+    pub fn with_transfers(mut self, transfers: Arc<Transfers>) -> Fallback {
+        self.transfers = Some(transfers);
+        self
+    }
+
+    /// The answer to a zone transfer request over TCP, if `packet` is one.
+    pub fn transfer(&self, packet: &[u8], source: SocketAddr) -> Option<TransferReply> {
+        self.transfers.as_ref()?.tcp(packet, source)
     }
 
     /// Answers with `catalog` from now on; requests under way finish with the old one.
@@ -224,6 +245,11 @@ impl Fallback {
         source: SocketAddr,
         transport: Transport,
     ) -> Option<Vec<u8>> {
+        if transport == Transport::Udp {
+            if let Some(reply) = self.transfers.as_ref().and_then(|t| t.udp(&packet, source)) {
+                return Some(reply);
+            }
+        }
         let request = match Request::from_bytes(packet.clone(), source, transport.protocol()) {
             Ok(request) => request,
             Err(_) => return format_error(&packet),

@@ -102,8 +102,9 @@ impl ZoneHandler for ServedZone {
         LookupControlFlow::Break(Ok(AuthLookup::Empty))
     }
 
-    /// Zone transfers are refused, as Knot does by default: the registry is the source
-    /// of truth, and a transferred copy would go stale within a lease.
+    /// Zone transfers of our zones are answered by `transfer` before the Catalog sees
+    /// them (the Catalog sends a zone as one message); what still reaches here (a name
+    /// below a zone's apex, a TSIG-signed request, which we cannot verify) is refused.
     async fn zone_transfer(
         &self,
         _request: &Request,

@@ -18,8 +18,8 @@ use hickory_proto::rr::Record;
 
 use super::naming::{Data, Family, Members};
 use super::wire::{
-    LabelRef, NameRef, ResponseWriter, Section, TYPE_A, TYPE_AAAA, TYPE_PTR, TYPE_SOA, TYPE_SRV,
-    TYPE_TXT,
+    LabelRef, NameRef, RdataOut, ResponseWriter, Section, TYPE_A, TYPE_AAAA, TYPE_PTR, TYPE_SOA,
+    TYPE_SRV, TYPE_TXT,
 };
 use crate::registry::view::{Entry, Rotation};
 use crate::registry::{Label, Meta, Proto};
@@ -137,39 +137,41 @@ impl Sink for ResponseWriter<'_> {
 /// Writes one record into the current section of `out`.
 pub fn write(out: &mut ResponseWriter<'_>, record: Rec<'_>) -> bool {
     let record_type = record.data.record_type();
-    out.record(
-        record.owner,
-        record_type,
-        record.ttl,
-        |rdata| match record.data {
-            Rdata::A(address) => rdata.bytes(&address.octets()),
-            Rdata::Aaaa(address) => rdata.bytes(&address.octets()),
-            Rdata::Srv {
-                priority,
-                weight,
-                port,
-                target,
-            } => {
-                rdata.u16(priority);
-                rdata.u16(weight);
-                rdata.u16(port);
-                rdata.name_uncompressed(target);
-            }
-            Rdata::Ptr(target) => rdata.name(target),
-            Rdata::Txt(meta) if meta.is_empty() => rdata.bytes(&[0]),
-            Rdata::Txt(meta) => rdata.bytes(meta.as_wire()),
-            Rdata::Soa(soa) => {
-                rdata.name(NameRef::wire(soa.mname));
-                rdata.name(NameRef::wire(soa.rname));
-                rdata.u32(soa.serial);
-                rdata.u32(soa.refresh as u32);
-                rdata.u32(soa.retry as u32);
-                rdata.u32(soa.expire as u32);
-                rdata.u32(soa.minimum);
-            }
-            Rdata::Static(record) => rdata.bytes(&record.rdata),
-        },
-    )
+    out.record(record.owner, record_type, record.ttl, |rdata| {
+        emit_rdata(&record.data, rdata)
+    })
+}
+
+/// Writes a record's data, into a response or as standalone bytes.
+pub fn emit_rdata(data: &Rdata<'_>, rdata: &mut impl RdataOut) {
+    match *data {
+        Rdata::A(address) => rdata.bytes(&address.octets()),
+        Rdata::Aaaa(address) => rdata.bytes(&address.octets()),
+        Rdata::Srv {
+            priority,
+            weight,
+            port,
+            target,
+        } => {
+            rdata.u16(priority);
+            rdata.u16(weight);
+            rdata.u16(port);
+            rdata.name_uncompressed(target);
+        }
+        Rdata::Ptr(target) => rdata.name(target),
+        Rdata::Txt(meta) if meta.is_empty() => rdata.bytes(&[0]),
+        Rdata::Txt(meta) => rdata.bytes(meta.as_wire()),
+        Rdata::Soa(soa) => {
+            rdata.name(NameRef::wire(soa.mname));
+            rdata.name(NameRef::wire(soa.rname));
+            rdata.u32(soa.serial);
+            rdata.u32(soa.refresh as u32);
+            rdata.u32(soa.retry as u32);
+            rdata.u32(soa.expire as u32);
+            rdata.u32(soa.minimum);
+        }
+        Rdata::Static(record) => rdata.bytes(&record.rdata),
+    }
 }
 
 /// How an answer drawn from many instances is cut down, if at all.
@@ -277,10 +279,7 @@ pub fn render<'v, S: Sink>(
         Data::ServiceTypes { zone } => {
             let ttl = zone.settings().default_ttl;
             for (service, proto) in zone.service_types() {
-                if !out.answer(record(
-                    ttl,
-                    Rdata::Ptr(service_type_name(origin, service, *proto)),
-                )) {
+                if !out.answer(service_type_ptr(owner, origin, service, *proto, ttl)) {
                     break;
                 }
             }
@@ -480,6 +479,21 @@ fn dns_sd_instance_name<'a>(
         LabelRef::plain(proto.label().as_bytes()),
     ];
     NameRef::under(&labels, origin)
+}
+
+/// The PTR of `_services._dns-sd._udp.Z` (at `owner`) to one service type `_S._P.Z`.
+pub fn service_type_ptr<'a>(
+    owner: NameRef<'a>,
+    origin: &'a [u8],
+    service: &'a Label,
+    proto: Proto,
+    ttl: u32,
+) -> Rec<'a> {
+    Rec {
+        owner,
+        ttl,
+        data: Rdata::Ptr(service_type_name(origin, service, proto)),
+    }
 }
 
 /// `_S._P.Z`: the DNS-SD service type.

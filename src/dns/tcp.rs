@@ -16,6 +16,7 @@ use tokio::time::timeout;
 use tracing::{debug, warn};
 
 use super::front::{Fallback, Reply, Responder, Transport};
+use super::transfer::Reply as TransferReply;
 use super::wire::Scratch;
 use crate::metrics;
 
@@ -144,6 +145,10 @@ async fn connection(
             }
         });
         if to_catalog {
+            if let Some(transfer) = fallback.transfer(&query, peer) {
+                send_transfer(&mut writer, transfer, received_at, idle_timeout).await?;
+                continue;
+            }
             if let Some(bytes) = fallback.answer(query.clone(), peer, Transport::Tcp).await {
                 response = bytes;
             }
@@ -152,12 +157,45 @@ async fn connection(
             metrics::answered(&response, Transport::Tcp, received_at.elapsed());
         }
         let flush = reader.buffer().is_empty();
-        timeout(idle_timeout, send(&mut writer, &response, flush))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, "responses not taken in time")
-            })??;
+        send_in_time(&mut writer, &response, flush, idle_timeout).await?;
     }
+}
+
+/// Sends the messages of a zone transfer as they are made, then flushes. A client
+/// that takes none of them for `idle_timeout` is given up.
+async fn send_transfer<W: AsyncWriteExt + Unpin>(
+    writer: &mut W,
+    transfer: TransferReply,
+    received_at: Instant,
+    idle_timeout: Duration,
+) -> io::Result<()> {
+    let mut messages = match transfer {
+        TransferReply::Single(message) => {
+            metrics::answered(&message, Transport::Tcp, received_at.elapsed());
+            return send_in_time(writer, &message, true, idle_timeout).await;
+        }
+        TransferReply::Stream(messages) => messages,
+    };
+    let mut first = true;
+    while let Some(message) = messages.recv().await {
+        if first {
+            metrics::answered(&message, Transport::Tcp, received_at.elapsed());
+            first = false;
+        }
+        send_in_time(writer, &message, false, idle_timeout).await?;
+    }
+    send_in_time(writer, &[], true, idle_timeout).await
+}
+
+async fn send_in_time<W: AsyncWriteExt + Unpin>(
+    writer: &mut W,
+    response: &[u8],
+    flush: bool,
+    idle_timeout: Duration,
+) -> io::Result<()> {
+    timeout(idle_timeout, send(writer, response, flush))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "responses not taken in time"))?
 }
 
 /// Writes `response` with its length prefix (none when it is empty), and flushes when

@@ -203,19 +203,31 @@ impl<'p> Packet<'p> {
         if flags & OPCODE_MASK != 0 || counts[0] != 1 || counts[1] != 0 || counts[2] != 0 {
             return Packet::Other;
         }
-        match Query::read(packet, flags, counts[3]) {
-            Some(query) => Packet::Query(query),
+        match Query::read(packet, flags, 0, counts[3]) {
+            Some((query, _)) => Packet::Query(query),
             None => Packet::Other,
         }
     }
 }
 
 impl<'p> Query<'p> {
-    fn read(packet: &'p [u8], flags: u16, additionals: u16) -> Option<Query<'p>> {
+    /// Reads the question and what follows it: for `authorities` = 1 an SOA (IXFR's
+    /// client version, whose serial is returned), for `additionals` = 1 an OPT record.
+    fn read(
+        packet: &'p [u8],
+        flags: u16,
+        authorities: u16,
+        additionals: u16,
+    ) -> Option<(Query<'p>, Option<u32>)> {
         let (name, name_len) = WireName::read(&packet[HEADER_LEN..])?;
         let question_end = HEADER_LEN + name_len + 4;
         let question = packet.get(HEADER_LEN..question_end)?;
         let mut rest = &packet[question_end..];
+        let serial = match authorities {
+            0 => None,
+            1 => Some(read_soa_serial(&mut rest)?),
+            _ => return None,
+        };
         let edns = match additionals {
             0 => None,
             1 => Some(read_opt(&mut rest)?),
@@ -224,7 +236,7 @@ impl<'p> Query<'p> {
         if !rest.is_empty() {
             return None;
         }
-        Some(Query {
+        let query = Query {
             id: be16(packet, 0),
             flags,
             record_type: be16(question, name_len),
@@ -232,12 +244,80 @@ impl<'p> Query<'p> {
             name,
             question,
             edns,
-        })
+        };
+        Some((query, serial))
     }
 
     /// Whether the client asked for recursion (RD), echoed in the response.
     fn echoed_flags(&self) -> u16 {
         self.flags & (FLAG_RD | FLAG_CD)
+    }
+}
+
+/// A zone transfer request as secondaries send it (RFC 5936 §2.2, RFC 1995 §3): one
+/// question, for IXFR the client's SOA in the authority section, at most an OPT record.
+/// Anything else (TSIG, several questions) is left to hickory's parser.
+pub struct TransferQuery<'p> {
+    pub query: Query<'p>,
+    /// IXFR: the serial of the SOA the client sent, the version it has.
+    pub client_serial: Option<u32>,
+}
+
+impl<'p> TransferQuery<'p> {
+    pub fn parse(packet: &'p [u8]) -> Option<TransferQuery<'p>> {
+        let header = packet.get(..HEADER_LEN)?;
+        let flags = be16(header, 2);
+        let counts = [
+            be16(header, 4),
+            be16(header, 6),
+            be16(header, 8),
+            be16(header, 10),
+        ];
+        if flags & (FLAG_QR | OPCODE_MASK) != 0 || counts[0] != 1 || counts[1] != 0 {
+            return None;
+        }
+        let (query, client_serial) = Query::read(packet, flags, counts[2], counts[3])?;
+        Some(TransferQuery {
+            query,
+            client_serial,
+        })
+    }
+}
+
+/// Reads an SOA record at the start of `input` and returns its serial. Its names may be
+/// compressed; only their extent matters here.
+fn read_soa_serial(input: &mut &[u8]) -> Option<u32> {
+    let name_len = compressed_name_len(input)?;
+    let fixed = input.get(name_len..name_len + 10)?;
+    if be16(fixed, 0) != TYPE_SOA {
+        return None;
+    }
+    let rdata_len = usize::from(be16(fixed, 8));
+    let rdata = input.get(name_len + 10..name_len + 10 + rdata_len)?;
+    // The RDATA ends in five 32-bit fields, the serial first (RFC 1035 §3.3.13).
+    let serial_at = rdata_len.checked_sub(20)?;
+    let serial = rdata.get(serial_at..serial_at + 4)?;
+    *input = &input[name_len + 10 + rdata_len..];
+    Some(u32::from_be_bytes([
+        serial[0], serial[1], serial[2], serial[3],
+    ]))
+}
+
+/// The bytes a possibly compressed name takes at the start of `input`: its labels up
+/// to the root label or a pointer, which ends it (RFC 1035 §4.1.4).
+fn compressed_name_len(input: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let len = *input.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            0xC0..=0xFF => {
+                input.get(at + 1)?;
+                return Some(at + 2);
+            }
+            1..=63 if at + 1 + usize::from(len) < MAX_NAME_LEN => at += 1 + usize::from(len),
+            _ => return None,
+        }
     }
 }
 
@@ -347,6 +427,15 @@ impl<'a> NameRef<'a> {
                 .collect::<Vec<_>>()
         });
         head.chain(tail).collect()
+    }
+
+    /// Appends the name in uncompressed wire form (lowercase when its parts are).
+    pub fn write_uncompressed(&self, out: &mut Vec<u8>) {
+        for label in &self.head[..usize::from(self.head_len)] {
+            out.push(label.len() as u8);
+            out.extend(label.bytes());
+        }
+        out.extend_from_slice(self.tail);
     }
 }
 
@@ -802,33 +891,58 @@ impl<'s> ResponseWriter<'s> {
     }
 }
 
+/// Where a record's data is written: into a response, compressing names where
+/// allowed ([`RdataWriter`]), or as standalone bytes with every name whole (`Vec<u8>`,
+/// for records kept outside a message, as zone transfers keep them).
+pub trait RdataOut {
+    fn bytes(&mut self, bytes: &[u8]);
+
+    fn u16(&mut self, value: u16) {
+        self.bytes(&value.to_be_bytes());
+    }
+
+    fn u32(&mut self, value: u32) {
+        self.bytes(&value.to_be_bytes());
+    }
+
+    /// A name that may be compressed (NS, CNAME, PTR, MX, SOA: RFC 3597 §4).
+    fn name(&mut self, name: NameRef<'_>);
+
+    /// A name that must not be compressed (SRV, RFC 2782), though later names may
+    /// point at it.
+    fn name_uncompressed(&mut self, name: NameRef<'_>);
+}
+
 /// Writes one record's data.
 pub struct RdataWriter<'w, 's> {
     writer: &'w mut ResponseWriter<'s>,
 }
 
-impl RdataWriter<'_, '_> {
-    pub fn bytes(&mut self, bytes: &[u8]) {
+impl RdataOut for RdataWriter<'_, '_> {
+    fn bytes(&mut self, bytes: &[u8]) {
         self.writer.message.extend_from_slice(bytes);
     }
 
-    pub fn u16(&mut self, value: u16) {
-        self.bytes(&value.to_be_bytes());
-    }
-
-    pub fn u32(&mut self, value: u32) {
-        self.bytes(&value.to_be_bytes());
-    }
-
-    /// A name that may be compressed (NS, CNAME, PTR, MX, SOA: RFC 3597 §4).
-    pub fn name(&mut self, name: NameRef<'_>) {
+    fn name(&mut self, name: NameRef<'_>) {
         self.writer.name(name, true);
     }
 
-    /// A name that must not be compressed (SRV, RFC 2782), though later names may
-    /// point at it.
-    pub fn name_uncompressed(&mut self, name: NameRef<'_>) {
+    fn name_uncompressed(&mut self, name: NameRef<'_>) {
         self.writer.name(name, false);
+    }
+}
+
+impl RdataOut for Vec<u8> {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    fn name(&mut self, name: NameRef<'_>) {
+        name.write_uncompressed(self);
+    }
+
+    fn name_uncompressed(&mut self, name: NameRef<'_>) {
+        name.write_uncompressed(self);
     }
 }
 

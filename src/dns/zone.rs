@@ -184,6 +184,14 @@ impl Zone {
         &self.origin_wire
     }
 
+    /// Every static record but the SOA: the apex's first, then the other names'.
+    pub fn static_records(&self) -> impl Iterator<Item = &StaticRecord> {
+        self.apex
+            .iter()
+            .chain(self.statics.values().flatten())
+            .flat_map(|set| &set.records)
+    }
+
     /// What the registry needs to know of this zone.
     pub fn settings(&self) -> ZoneSettings {
         ZoneSettings {
@@ -243,6 +251,16 @@ impl ServedZone {
 
     pub fn zone(&self) -> &Zone {
         &self.zone
+    }
+
+    /// The zone's own data, to tell whether a reload replaced it.
+    pub fn zone_arc(&self) -> &Arc<Zone> {
+        &self.zone
+    }
+
+    /// The zone's position in the registry's snapshots.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// The latest published snapshot, to answer from.
@@ -334,6 +352,11 @@ impl ServedZone {
     /// The zone's SOA record in `view`: its serial grows with every change to the zone
     /// (and across restarts, see [`View::serial`]).
     pub fn soa<'a>(&'a self, view: &View) -> Rec<'a> {
+        self.soa_at(view.serial(self.index))
+    }
+
+    /// The zone's SOA record with `serial`: zone transfers give past versions' SOAs.
+    pub fn soa_at(&self, serial: u32) -> Rec<'_> {
         let zone = &*self.zone;
         let soa = &zone.soa;
         Rec {
@@ -343,7 +366,7 @@ impl ServedZone {
             data: Rdata::Soa(Soa {
                 mname: &zone.soa_mname,
                 rname: &zone.soa_rname,
-                serial: view.serial(self.index),
+                serial,
                 refresh: soa.refresh,
                 retry: soa.retry,
                 expire: soa.expire,

@@ -103,15 +103,19 @@ impl Svcdns {
     /// line without indentation (e.g. `"max_answer_records: 3"`). The harness writes
     /// `dns:` itself (for `listen`), and a second `dns:` key in the file is an error.
     pub fn with_dns_config(zones: &[(&str, &str)], dns_lines: &str) -> Svcdns {
-        let launch = Launch {
-            zones,
-            dns_lines,
-            ..Launch::default()
-        };
-        match Svcdns::launch(launch) {
+        match Svcdns::try_with_dns_config(zones, dns_lines) {
             Ok(server) => server,
             Err(stderr) => panic!("svcdns did not start:\n{stderr}"),
         }
+    }
+
+    /// As [`Svcdns::with_dns_config`]; what it printed when it does not start.
+    pub fn try_with_dns_config(zones: &[(&str, &str)], dns_lines: &str) -> Result<Svcdns, String> {
+        Svcdns::launch(Launch {
+            zones,
+            dns_lines,
+            ..Launch::default()
+        })
     }
 
     /// Starts svcdns with at most `limit` open files, soft and hard, so it cannot raise it.
