@@ -101,6 +101,8 @@ impl EtcdStore {
         format!("{}{}/{}/{}", self.prefix, key.zone, key.service, key.id).into_bytes()
     }
 
+    /// Runs `work` on the client's runtime and waits for it (the writer's thread
+    /// and start-up are not async).
     fn run<F: Future + Send>(&self, work: F) -> Result<F::Output, StoreError>
     where
         F::Output: Send,
