@@ -178,22 +178,11 @@ fn refusals_and_connection_failures_exit_non_zero_with_the_reason() {
     );
 }
 
-#[test]
-fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
-    let server = Svcdns::start();
+/// Runs the CLI with `args` in the server's directory; returns it and the first line
+/// it printed (once it has registered).
+fn run_keepalive(server: &Svcdns, args: &[&str]) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
-        .args([
-            "register",
-            "kept",
-            "k-1",
-            "-a",
-            "10.0.0.7",
-            "-p",
-            "80",
-            "--ttl",
-            "1",
-            "--keepalive",
-        ])
+        .args(args)
         .current_dir(server.dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -201,6 +190,44 @@ fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
         .unwrap();
     let lines = lines_of(child.stdout.take().unwrap());
     let line = next_line(&lines);
+    (child, line)
+}
+
+/// `svcdns register kept k-1 … --ttl TTL --keepalive`, as [`run_keepalive`].
+fn keep_k1(server: &Svcdns, ttl: &str) -> (std::process::Child, String) {
+    let registration = ["register", "kept", "k-1", "-a", "10.0.0.7", "-p", "80"];
+    let args: Vec<&str> = registration
+        .into_iter()
+        .chain(["--ttl", ttl, "--keepalive"])
+        .collect();
+    run_keepalive(server, &args)
+}
+
+/// Sends the CLI `signal` and checks that it exits cleanly having deregistered: `name`
+/// is gone from DNS at once.
+fn stop_and_expect_deregistered(
+    server: &Svcdns,
+    mut child: std::process::Child,
+    signal: &str,
+    name: &str,
+) {
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = exited_within_wait(&mut child, &format!("the CLI did not exit after {signal}"));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        rcode(&server.query(name, RecordType::A)),
+        ResponseCode::NXDomain,
+        "deregistered at once, not left to its lease"
+    );
+}
+
+#[test]
+fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
+    let server = Svcdns::start();
+    let (child, line) = keep_k1(&server, "1");
     assert!(line.starts_with("registered"), "{line}");
     // Three lease periods later it is still there: the CLI renewed it.
     std::thread::sleep(Duration::from_millis(3000));
@@ -208,16 +235,7 @@ fn keepalive_holds_the_lease_and_deregisters_on_interrupt() {
         answer_data(&server.query("k-1.kept.svc.internal.", RecordType::A)),
         vec!["10.0.0.7"]
     );
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = exited_within_wait(&mut child, "the CLI did not exit after SIGINT");
-    assert!(status.success(), "{status:?}");
-    assert_eq!(
-        rcode(&server.query("k-1.kept.svc.internal.", RecordType::A)),
-        ResponseCode::NXDomain
-    );
+    stop_and_expect_deregistered(&server, child, "-INT", "k-1.kept.svc.internal.");
 }
 
 #[test]
@@ -226,16 +244,7 @@ fn keepalive_outlives_its_connection_being_closed_as_idle() {
     // (a third of its 9 s lease), so it finds its connection closed at every
     // renewal and at the end, and must carry on over new ones.
     let server = Svcdns::with_registration("idle_timeout: 1", &[]);
-    let mut child = Command::new(BIN)
-        .args(["register", "kept", "k-1", "-a", "10.0.0.7", "-p", "80"])
-        .args(["--ttl", "9", "--keepalive"])
-        .current_dir(server.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(child.stdout.take().unwrap());
-    let line = next_line(&lines);
+    let (child, line) = keep_k1(&server, "9");
     assert!(line.starts_with("registered"), "{line}");
     std::thread::sleep(Duration::from_millis(4500));
     let listed = server
@@ -246,17 +255,7 @@ fn keepalive_outlives_its_connection_being_closed_as_idle() {
         left > 6.0,
         "the lease was renewed at 3 s over a new connection: {listed}"
     );
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = exited_within_wait(&mut child, "the CLI did not exit after SIGINT");
-    assert!(status.success(), "{status:?}");
-    assert_eq!(
-        rcode(&server.query("k-1.kept.svc.internal.", RecordType::A)),
-        ResponseCode::NXDomain,
-        "deregistered at once, not left to its lease"
-    );
+    stop_and_expect_deregistered(&server, child, "-INT", "k-1.kept.svc.internal.");
 }
 
 #[test]
@@ -268,15 +267,7 @@ fn keepalive_holds_many_instances_on_one_connection() {
         })
         .collect();
     std::fs::write(server.dir.path().join("instances.yaml"), instances).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["keepalive", "instances.yaml"])
-        .current_dir(server.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(child.stdout.take().unwrap());
-    let line = next_line(&lines);
+    let (child, line) = run_keepalive(&server, &["keepalive", "instances.yaml"]);
     assert_eq!(line, "registered 50 instances");
     // Three lease periods later they are all there: one connection renewed them all.
     std::thread::sleep(Duration::from_millis(3000));
@@ -295,17 +286,7 @@ fn keepalive_holds_many_instances_on_one_connection() {
         open < 20,
         "the CLI holds {open} descriptors for 50 instances"
     );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = exited_within_wait(&mut child, "the CLI did not exit after SIGTERM");
-    assert!(status.success(), "{status:?}");
-    assert_eq!(
-        rcode(&server.query("pool.svc.internal.", RecordType::A)),
-        ResponseCode::NXDomain,
-        "all deregistered"
-    );
+    stop_and_expect_deregistered(&server, child, "-TERM", "pool.svc.internal.");
 }
 
 #[test]

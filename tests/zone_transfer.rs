@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::knot_secondary::knot_secondary_config;
 use common::*;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::SOA;
@@ -410,18 +411,7 @@ impl Knot {
     /// loopback.
     fn secondary_of(primary: SocketAddr, port: u16) -> Knot {
         let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().display();
-        let config = format!(
-            "server:\n    rundir: \"{home}\"\n    listen: 127.0.0.1@{port}\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n\
-             database:\n    storage: \"{home}\"\n\
-             log:\n  - target: stderr\n    any: info\n\
-             remote:\n  - id: svcdns\n    address: {}@{}\n\
-             acl:\n  - id: notify_from_svcdns\n    address: 127.0.0.1\n    action: notify\n\
-             template:\n  - id: default\n    storage: \"{home}\"\n    zonefile-sync: -1\n    zonefile-load: none\n    journal-content: none\n\
-             zone:\n  - domain: {ZONE}\n    master: svcdns\n    acl: notify_from_svcdns\n",
-            primary.ip(),
-            primary.port()
-        );
+        let config = knot_secondary_config(dir.path(), port, primary, ZONE);
         let path = dir.path().join("knot.conf");
         std::fs::write(&path, config).unwrap();
         let child = Command::new("knotd")

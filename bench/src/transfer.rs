@@ -21,6 +21,11 @@ use crate::peers::{find_program, free_port};
 use crate::server::Server;
 use crate::{ms, option, quantile, Table};
 
+#[path = "../../tests/common/knot_secondary.rs"]
+mod knot_secondary;
+
+use knot_secondary::knot_secondary_config;
+
 const ZONE: &str = "svc.internal.";
 /// Instances per service in the loaded zones, each with one tag.
 const PER_SERVICE: usize = 10;
@@ -235,18 +240,7 @@ impl Knot {
     fn start(knotd: &std::path::Path, primary: &Server, port: u16) -> Knot {
         let home = primary.dir.join("knot");
         std::fs::create_dir_all(&home).expect("knot directory");
-        let h = home.display();
-        let config = format!(
-            "server:\n    rundir: \"{h}\"\n    listen: 127.0.0.1@{port}\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n\
-             database:\n    storage: \"{h}\"\n\
-             log:\n  - target: stderr\n    any: info\n\
-             remote:\n  - id: svcdns\n    address: {}@{}\n\
-             acl:\n  - id: notify\n    address: 127.0.0.1\n    action: notify\n\
-             template:\n  - id: default\n    storage: \"{h}\"\n    zonefile-sync: -1\n    zonefile-load: none\n    journal-content: none\n\
-             zone:\n  - domain: {ZONE}\n    master: svcdns\n    acl: notify\n",
-            primary.dns.ip(),
-            primary.dns.port()
-        );
+        let config = knot_secondary_config(&home, port, primary.dns, ZONE);
         std::fs::write(home.join("knot.conf"), config).expect("knot.conf");
         let log = std::fs::File::create(home.join("log.txt")).expect("knot log");
         let child = Command::new(knotd)

@@ -153,15 +153,9 @@ impl EtcdCluster {
 
     /// Runs etcdctl against the running members; its standard output.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let endpoints: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.child.is_some())
-            .map(Member::endpoint)
-            .collect();
         let output = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoints.join(",")])
+            .args(["--endpoints", &self.running_endpoints()])
             .args(args)
             .output()
             .expect("run etcdctl");
@@ -173,19 +167,25 @@ impl EtcdCluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// Waits until a write goes through the running members (a leader and a quorum).
-    pub fn wait_healthy(&self) {
-        let endpoints: Vec<String> = self
-            .members
+    /// The client endpoints of the members that run, comma-separated, as etcdctl
+    /// takes them.
+    fn running_endpoints(&self) -> String {
+        self.members
             .iter()
             .filter(|m| m.child.is_some())
             .map(Member::endpoint)
-            .collect();
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until a write goes through the running members (a leader and a quorum).
+    pub fn wait_healthy(&self) {
+        let endpoints = self.running_endpoints();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
             let put = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &endpoints.join(","), "--command-timeout=1s"])
+                .args(["--endpoints", &endpoints, "--command-timeout=1s"])
                 .args(["put", "/health-check", "ok"])
                 .output();
             if put.is_ok_and(|output| output.status.success()) {

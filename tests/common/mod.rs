@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod etcd_cluster;
+pub mod knot_secondary;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
