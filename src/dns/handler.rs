@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use hickory_proto::op::{Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType, TSigResponseContext};
 use hickory_proto::serialize::binary::BinEncodable;
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestInfo};
-use hickory_server::dnssec::NxProofKind;
 use hickory_server::zone_handler::{
     AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, LookupRecords,
     Nsec3QueryInfo, ZoneHandler, ZoneTransfer, ZoneType,
