@@ -37,6 +37,27 @@ pub enum ConfigError {
     Setting { key: &'static str, message: String },
 }
 
+/// Reads a YAML list of entries (a tokens or keys file); an empty list is refused
+/// with `when_empty`, since it would refuse every client.
+pub fn read_yaml_list<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    when_empty: &str,
+) -> Result<Vec<T>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    let entries: Vec<T> = if text.trim().is_empty() {
+        Vec::new()
+    } else {
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::yaml(path, &e))?
+    };
+    if entries.is_empty() {
+        return Err(ConfigError::in_file(path, when_empty));
+    }
+    Ok(entries)
+}
+
 impl ConfigError {
     pub fn in_file(path: &Path, message: impl Into<String>) -> ConfigError {
         ConfigError::InFile {

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::config::ConfigError;
+use crate::config::{read_yaml_list, ConfigError};
 
 /// Shortest token accepted: shorter ones can be guessed.
 const MIN_TOKEN_LEN: usize = 16;
@@ -58,21 +58,10 @@ struct EntryFile {
 impl Tokens {
     /// Reads and checks a tokens file; errors name the file and, where known, the line.
     pub fn load(path: &Path) -> Result<Tokens, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
-            path: path.to_path_buf(),
-            cause,
-        })?;
-        let entries: Vec<EntryFile> = if text.trim().is_empty() {
-            Vec::new()
-        } else {
-            serde_yaml::from_str(&text).map_err(|e| ConfigError::yaml(path, &e))?
-        };
-        if entries.is_empty() {
-            return Err(ConfigError::in_file(
-                path,
-                "no tokens: every registration would be refused; list at least one {token, services}",
-            ));
-        }
+        let entries: Vec<EntryFile> = read_yaml_list(
+            path,
+            "no tokens: every registration would be refused; list at least one {token, services}",
+        )?;
         let mut checked = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
             let at = |message: String| {
@@ -84,29 +73,10 @@ impl Tokens {
                     entry.token.len()
                 )));
             }
-            if entry.services.is_empty() {
-                return Err(at("services is empty: the token could write nothing".into()));
-            }
-            for pattern in &entry.services {
-                let valid = !pattern.is_empty()
-                    && pattern
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*');
-                if !valid {
-                    return Err(at(format!(
-                        "service pattern {pattern:?} may hold only letters, digits, '-' and '*'"
-                    )));
-                }
-            }
+            let grant = Grant::parse(&entry.services).map_err(at)?;
             checked.push(Entry {
                 token: entry.token.into_bytes(),
-                grant: Grant {
-                    patterns: entry
-                        .services
-                        .iter()
-                        .map(|p| p.to_ascii_lowercase())
-                        .collect(),
-                },
+                grant,
             });
         }
         Ok(Tokens { entries: checked })
@@ -135,6 +105,28 @@ impl Tokens {
 }
 
 impl Grant {
+    /// The grant of a list of service names and patterns (with `*`), as a tokens or
+    /// keys file gives them; why not, when a pattern cannot name a service.
+    pub fn parse(patterns: &[String]) -> Result<Grant, String> {
+        if patterns.is_empty() {
+            return Err("services is empty: it could write nothing".into());
+        }
+        for pattern in patterns {
+            let valid = !pattern.is_empty()
+                && pattern
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*');
+            if !valid {
+                return Err(format!(
+                    "service pattern {pattern:?} may hold only letters, digits, '-' and '*'"
+                ));
+            }
+        }
+        Ok(Grant {
+            patterns: patterns.iter().map(|p| p.to_ascii_lowercase()).collect(),
+        })
+    }
+
     /// Whether the grant covers service `service`.
     pub fn allows(&self, service: &str) -> bool {
         let service = service.to_ascii_lowercase();

@@ -16,11 +16,13 @@ use async_trait::async_trait;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{LowerName, RecordType, TSigResponseContext};
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
 use hickory_server::server::{Request, RequestInfo};
 use hickory_server::store::forwarder::{ForwardConfig, ForwardZoneHandler};
 use hickory_server::zone_handler::{
-    AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, ZoneHandler, ZoneType,
+    AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, Nsec3QueryInfo,
+    ZoneHandler, ZoneType,
 };
 use tracing::{info, warn};
 
@@ -249,6 +251,18 @@ impl ZoneHandler for Forwarder {
         lookup_options: LookupOptions,
     ) -> LookupControlFlow<AuthLookup> {
         self.inner.nsec_records(name, lookup_options).await
+    }
+
+    async fn nsec3_records(
+        &self,
+        info: Nsec3QueryInfo<'_>,
+        lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        self.inner.nsec3_records(info, lookup_options).await
+    }
+
+    fn nx_proof_kind(&self) -> Option<&NxProofKind> {
+        self.inner.nx_proof_kind()
     }
 }
 

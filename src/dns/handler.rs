@@ -8,11 +8,12 @@ use async_trait::async_trait;
 use hickory_proto::op::{Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, Name, Record, RecordType, TSigResponseContext};
 use hickory_proto::serialize::binary::BinEncodable;
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestInfo};
 use hickory_server::zone_handler::{
     AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, LookupRecords,
-    ZoneHandler, ZoneTransfer, ZoneType,
+    Nsec3QueryInfo, ZoneHandler, ZoneTransfer, ZoneType,
 };
 
 use super::fitter::Fitter;
@@ -100,6 +101,19 @@ impl ZoneHandler for ServedZone {
     ) -> LookupControlFlow<AuthLookup> {
         // Not a signed zone: there are no NSEC records to give.
         LookupControlFlow::Break(Ok(AuthLookup::Empty))
+    }
+
+    async fn nsec3_records(
+        &self,
+        _info: Nsec3QueryInfo<'_>,
+        _lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        // Nor NSEC3 records.
+        LookupControlFlow::Break(Ok(AuthLookup::Empty))
+    }
+
+    fn nx_proof_kind(&self) -> Option<&NxProofKind> {
+        None
     }
 
     /// Zone transfers of our zones are answered by `transfer` before the Catalog sees

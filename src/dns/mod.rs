@@ -14,6 +14,7 @@ pub mod server;
 pub mod tcp;
 pub mod transfer;
 pub mod udp;
+pub mod update_keys;
 pub mod wire;
 pub mod zone;
 pub mod zone_file;
