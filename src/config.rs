@@ -10,6 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::dns::transfer::TransferSettings;
+use crate::dns::update::keys::UpdateKeys;
 use crate::registry::spec::canonical_zone;
 use crate::registry::{InstanceLimits, Limits};
 
@@ -128,6 +129,24 @@ pub struct DnsConfig {
     pub fast_path: bool,
     /// Zone transfers to secondaries, and NOTIFY when a zone changes.
     pub transfer: TransferConfig,
+    /// Registration through DNS UPDATE (RFC 2136).
+    pub update: UpdateConfig,
+}
+
+/// `dns.update`: who may register through DNS UPDATE. Off (every UPDATE REFUSED)
+/// unless `keys_file` is set.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// TSIG keys, each limited to service patterns (see `dns::update_keys`).
+    pub keys_file: Option<PathBuf>,
+}
+
+impl UpdateConfig {
+    /// The keys in force, read from `keys_file`; `None` when updates are off.
+    pub fn keys(&self) -> Result<Option<UpdateKeys>, ConfigError> {
+        self.keys_file.as_deref().map(UpdateKeys::load).transpose()
+    }
 }
 
 /// `dns.transfer`: secondaries (Knot, NSD, BIND) that copy our zones.
@@ -318,6 +337,7 @@ impl Default for DnsConfig {
             fast_path: true,
             rate_limit: None,
             transfer: TransferConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }

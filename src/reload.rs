@@ -21,6 +21,8 @@ use crate::config::Config;
 use crate::dns::forward::Forwarder;
 use crate::dns::front::{Fallback, Responder};
 use crate::dns::transfer::Transfers;
+use crate::dns::update::keys::UpdateKeys;
+use crate::dns::update::Updates;
 use crate::dns::{self, zone_file, LiveZones, Sampling, ServedZone, ZoneSpec, Zones};
 use crate::registry::{InstanceKey, Registration, Registry, View};
 
@@ -38,6 +40,8 @@ pub struct Reloader {
     pub fallback: Fallback,
     /// Zone transfers, whose `dns.transfer` settings a reload replaces.
     pub transfers: Arc<Transfers>,
+    /// DNS UPDATE, whose keys (`dns.update.keys_file`) a reload reads again.
+    pub updates: Arc<Updates>,
     /// The registration tokens, when `registration.tokens_file` is set: read again
     /// from the file the server started with.
     pub tokens: Option<Arc<LiveTokens>>,
@@ -91,7 +95,7 @@ impl Reloader {
     /// Reads the configuration and zone files again and applies them. Logs what it
     /// did; an error says whether anything changed.
     pub async fn reload(&mut self) -> Result<()> {
-        let (config, built, plan, tokens) = self
+        let (config, built, plan, tokens, update_keys) = self
             .prepare()
             .await
             .context("reload refused, nothing changed")?;
@@ -111,6 +115,10 @@ impl Reloader {
         self.responder.replace_zones(served);
         self.transfers
             .replace_settings(config.dns.transfer.settings());
+        if let Some(keys) = &update_keys {
+            info!(keys = keys.len(), "reloaded the DNS UPDATE keys");
+        }
+        self.updates.replace_keys(update_keys);
         let ignored = unreloadable_changes(&self.config, &config);
         self.config = config;
         self.specs = specs;
@@ -130,7 +138,15 @@ impl Reloader {
     }
 
     /// Reads and checks everything a reload needs, changing nothing.
-    async fn prepare(&self) -> Result<(Config, Built, StaticPlan, Option<Tokens>)> {
+    async fn prepare(
+        &self,
+    ) -> Result<(
+        Config,
+        Built,
+        StaticPlan,
+        Option<Tokens>,
+        Option<UpdateKeys>,
+    )> {
         let config = match &self.config_path {
             Some(path) => Config::load(path)?,
             None => Config::default(),
@@ -141,6 +157,7 @@ impl Reloader {
             (Some(_), Some(path)) => Some(Tokens::load(path)?),
             _ => None,
         };
+        let update_keys = config.dns.update.keys()?;
         let built = Built::new(&config, Some(&self.zones.current()))?;
         let plan = StaticPlan::new(&self.specs, &built.specs);
         // The check visits every registered instance: off the async workers.
@@ -150,7 +167,7 @@ impl Reloader {
         })
         .await
         .context("checking the registry")??;
-        Ok((config, built, plan, tokens))
+        Ok((config, built, plan, tokens, update_keys))
     }
 }
 
@@ -333,12 +350,13 @@ fn unreloadable_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         dns.ttl = 0;
         dns.max_answer_records = None;
         dns.transfer = Default::default();
+        dns.update = Default::default();
         dns
     };
     [
         (
             dns_other(old) != dns_other(new),
-            "dns (other than ttl, max_answer_records and transfer)",
+            "dns (other than ttl, max_answer_records, transfer and update)",
         ),
         (old.registration != new.registration, "registration"),
         (old.default_zone != new.default_zone, "default_zone"),

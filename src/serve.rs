@@ -17,6 +17,7 @@ use crate::dns::rate_limit::RateLimitSettings;
 use crate::dns::server::{DnsServer, DnsSettings};
 use crate::dns::tcp::TcpSettings;
 use crate::dns::transfer::Transfers;
+use crate::dns::update::Updates;
 use crate::dns::LiveZones;
 use crate::http::{HttpServer, Readiness};
 use crate::metrics::{self, Exporter};
@@ -35,8 +36,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let mut stop = StopSignals::install()?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let built = Built::new(&config, None)?;
-    // Read now, so that a bad tokens file stops the start before anything listens.
+    // Read now, so that a bad tokens or keys file stops the start before anything listens.
     let registration_settings = RegistrationSettings::from_config(&config.registration)?;
+    let update_keys = config.dns.update.keys()?;
     let store = open_store(&config)?;
     let zone_settings = built.zones.settings().into_iter().flatten().collect();
     let zones = Arc::new(LiveZones::new(built.zones));
@@ -76,7 +78,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         config.dns.transfer.settings(),
     )
     .context("starting the zone transfer journal")?;
-    let fallback = Fallback::new(catalog).with_transfers(transfers.clone());
+    let updates = Arc::new(Updates::new(
+        responder.clone(),
+        registry.clone(),
+        update_keys,
+    ));
+    let fallback = Fallback::new(catalog)
+        .with_transfers(transfers.clone())
+        .with_updates(updates.clone());
     let dns_settings = DnsSettings {
         listen: config.dns.listen.clone(),
         udp_threads: config
@@ -132,6 +141,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         responder,
         fallback,
         transfers: transfers.clone(),
+        updates,
         tokens,
     };
     loop {

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use hickory_proto::rr::{RData, RecordType};
 use serde_json::{json, Value};
 
 const DURABLE: &str = "data_dir: data\n";
@@ -48,17 +47,6 @@ fn listed_ids(server: &Svcdns) -> BTreeSet<String> {
             )
         })
         .collect()
-}
-
-fn serial(server: &Svcdns) -> u32 {
-    let message = server.query("svc.internal.", RecordType::SOA);
-    match answers_of(&message, RecordType::SOA)
-        .first()
-        .map(|r| &r.data)
-    {
-        Some(RData::SOA(soa)) => soa.serial,
-        other => panic!("no SOA: {other:?}"),
-    }
 }
 
 #[test]
@@ -200,7 +188,7 @@ fn leases_get_their_remaining_time_plus_a_ttl_of_grace_and_ephemeral_and_static_
 #[test]
 fn the_soa_serial_never_goes_backwards_across_restarts() {
     let mut server = durable();
-    let first = serial(&server);
+    let first = server.serial("svc.internal.");
     // A burst of changes moves the serial well past the clock.
     for i in 0..300 {
         server.register(
@@ -208,11 +196,11 @@ fn the_soa_serial_never_goes_backwards_across_restarts() {
             "addresses": ["10.0.0.1"], "port": 80}),
         );
     }
-    let before = serial(&server);
+    let before = server.serial("svc.internal.");
     assert!(before >= first + 300, "{first} -> {before}");
     for _ in 0..2 {
         server.restart().expect("restarts");
-        let after = serial(&server);
+        let after = server.serial("svc.internal.");
         assert!(after > before, "serial went from {before} to {after}");
     }
 }
@@ -381,7 +369,7 @@ fn a_snapshot_saved_from_a_running_server_restores_into_a_stopped_one() {
         &json!({"op": "register", "service": "web", "id": "ephemeral",
         "addresses": ["10.0.0.3"], "port": 80, "ephemeral": true}),
     );
-    let serial_saved = serial(&server);
+    let serial_saved = server.serial("svc.internal.");
 
     let (ok, printed) = svcdns(&server, &["snapshot", "save", "backup.jsonl"]);
     assert!(ok && printed.contains("saved 2 instances"), "{printed}");
@@ -430,7 +418,7 @@ fn a_snapshot_saved_from_a_running_server_restores_into_a_stopped_one() {
     );
     assert!(resolves(&server, "web", "leased"));
     assert!(
-        serial(&server) > serial_saved,
+        server.serial("svc.internal.") > serial_saved,
         "the serial does not go backwards"
     );
 

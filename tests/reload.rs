@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 use serde_json::json;
 
 const ZONE_V1: &str = "origin: svc.internal.\nttl: 5\nrecords:\n  - {name: docs, type: A, data: 10.1.0.1}\nservices:\n  - {service: db, id: db-1, addresses: [10.0.0.9], port: 5432}\n";
@@ -26,17 +26,6 @@ fn answers(server: &Svcdns, name: &str, rtype: RecordType) -> Vec<(u32, String)>
         .collect()
 }
 
-fn serial(server: &Svcdns, zone: &str) -> u32 {
-    let message = server.query(zone, RecordType::SOA);
-    match answers_of(&message, RecordType::SOA)
-        .first()
-        .map(|r| &r.data)
-    {
-        Some(RData::SOA(soa)) => soa.serial,
-        other => panic!("no SOA for {zone}: {other:?}"),
-    }
-}
-
 #[test]
 fn a_reload_applies_zone_files_and_keeps_every_registration() {
     let server = Svcdns::with(&[("svc.yaml", ZONE_V1)], "");
@@ -53,7 +42,7 @@ fn a_reload_applies_zone_files_and_keeps_every_registration() {
         answers(&server, "docs.svc.internal.", RecordType::A),
         vec![(5, "10.1.0.1".to_string())]
     );
-    let serial_before = serial(&server, "svc.internal.");
+    let serial_before = server.serial("svc.internal.");
 
     write_zone(&server, "svc.yaml", ZONE_V2);
     write_zone(&server, "other.yaml", OTHER_ZONE);
@@ -79,7 +68,7 @@ fn a_reload_applies_zone_files_and_keeps_every_registration() {
         vec![(5, "10.2.0.1".to_string())]
     );
     assert!(
-        serial(&server, "svc.internal.") > serial_before,
+        server.serial("svc.internal.") > serial_before,
         "the serial moves"
     );
 
@@ -137,7 +126,7 @@ fn a_reload_that_cannot_apply_changes_nothing() {
             answers(server, "docs.svc.internal.", RecordType::A),
             answers(server, "web.svc.internal.", RecordType::A),
             answers(server, "api.other.test.", RecordType::A),
-            serial(server, "svc.internal."),
+            server.serial("svc.internal."),
         )
     };
     let before = served(&server);
@@ -234,7 +223,7 @@ fn a_reload_picks_up_new_forward_upstreams() {
     .unwrap();
     let logs = server.reload();
     assert!(
-        logs.contains("dns (other than ttl, max_answer_records and transfer) changed"),
+        logs.contains("dns (other than ttl, max_answer_records, transfer and update) changed"),
         "{logs}"
     );
 }

@@ -28,6 +28,7 @@ use tracing::warn;
 use super::forward::{with_extended_error, FORWARDING_FAILURE};
 use super::records;
 use super::transfer::{Reply as TransferReply, Transfers};
+use super::update::{self, Updates};
 use super::wire::{
     Packet, ResponseWriter, Scratch, Section, WireName, CLASSIC_UDP_LIMIT, CLASS_IN, HEADER_LEN,
     MAX_UDP_RESPONSE, TYPE_OPT,
@@ -211,6 +212,8 @@ pub struct Fallback {
     catalog: Arc<ArcSwap<Catalog>>,
     /// Zone transfers, answered before the Catalog sees them (see `transfer`).
     transfers: Option<Arc<Transfers>>,
+    /// DNS UPDATE, taken before the Catalog sees it (see `update`).
+    updates: Option<Arc<Updates>>,
 }
 
 impl Fallback {
@@ -218,7 +221,14 @@ impl Fallback {
         Fallback {
             catalog: Arc::new(ArcSwap::from_pointee(catalog)),
             transfers: None,
+            updates: None,
         }
+    }
+
+    /// Takes UPDATE requests with `updates`.
+    pub fn with_updates(mut self, updates: Arc<Updates>) -> Fallback {
+        self.updates = Some(updates);
+        self
     }
 
     /// Answers zone transfer requests with `transfers`.
@@ -249,6 +259,12 @@ impl Fallback {
             if let Some(reply) = self.transfers.as_ref().and_then(|t| t.udp(&packet, source)) {
                 return Some(reply);
             }
+        }
+        if let Some(updates) = self.updates.as_ref().filter(|_| update::is_update(&packet)) {
+            return match updates.answer(&packet, source).await {
+                Some(response) => Some(response),
+                None => format_error(&packet),
+            };
         }
         let request = match Request::from_bytes(packet.clone(), source, transport.protocol()) {
             Ok(request) => request,

@@ -14,7 +14,7 @@ pub mod server;
 pub mod tcp;
 pub mod transfer;
 pub mod udp;
-pub mod update_keys;
+pub mod update;
 pub mod wire;
 pub mod zone;
 pub mod zone_file;

@@ -200,6 +200,11 @@ impl Zone {
         }
     }
 
+    /// The static record that owns service label `service`'s names, if one does.
+    pub fn static_service_label(&self, service: &str) -> Option<&Name> {
+        self.static_service_labels.get(service)
+    }
+
     /// Refuses an instance whose names this zone cannot hold: a service label owned by a
     /// static record, or a name over 255 bytes.
     pub fn admit(&self, service: &Label, instance: &Instance) -> Result<(), RegistryError> {
@@ -278,7 +283,19 @@ impl ServedZone {
         record_type: RecordType,
         out: &mut S,
     ) -> Result<usize, Negative> {
-        self.fill(view, name, record_type, out, true)
+        self.fill(view, name, record_type, out, true, self.sampling)
+    }
+
+    /// The records `name` has of `record_type` in `view`, whole (never sampled), and
+    /// without following a CNAME: what an UPDATE's prerequisites are checked against.
+    pub fn records_at<'a, S: Sink>(
+        &'a self,
+        view: &'a View,
+        name: &WireName,
+        record_type: RecordType,
+        out: &mut S,
+    ) -> Result<usize, Negative> {
+        self.fill(view, name, record_type, out, false, Sampling::default())
     }
 
     fn fill<'a, S: Sink>(
@@ -288,6 +305,7 @@ impl ServedZone {
         record_type: RecordType,
         out: &mut S,
         follow_cname: bool,
+        sampling: Sampling,
     ) -> Result<usize, Negative> {
         let zone = &*self.zone;
         let owner = NameRef::wire(name.as_wire());
@@ -315,7 +333,7 @@ impl ServedZone {
                             // The target's own answer, if it has one, follows the CNAME.
                             Ok(total
                                 + self
-                                    .fill(view, &target, record_type, out, false)
+                                    .fill(view, &target, record_type, out, false, sampling)
                                     .unwrap_or(0))
                         }
                         _ => Ok(total),
@@ -341,7 +359,7 @@ impl ServedZone {
                 &data,
                 owner,
                 &zone.origin_wire,
-                self.sampling,
+                sampling,
                 out,
             )),
             Resolution::NoData => Err(Negative::NoData),

@@ -16,10 +16,10 @@ use hickory_proto::rr::RecordType;
 
 use super::naming::{self, Resolution};
 use super::records::{self, Rec, Sampling, Sink};
-use super::wire::NameRef;
-use super::zone::ServedZone;
+use super::wire::{NameRef, WireName};
+use super::zone::{Negative, ServedZone};
 use crate::registry::view::Service;
-use crate::registry::{Label, Proto, ZoneView};
+use crate::registry::{Label, Proto, View, ZoneView};
 
 /// The record types the naming table gives registry names.
 const REGISTRY_TYPES: [RecordType; 5] = [
@@ -94,6 +94,26 @@ impl Sink for Collector<'_> {
     fn answers_len(&self) -> usize {
         self.records.len()
     }
+}
+
+/// The records `name` holds of `record_type` in `view` (one RRset for ANY), whole:
+/// what an UPDATE's prerequisites compare with (RFC 2136 §3.2).
+pub fn records_at(
+    zone: &ServedZone,
+    view: &View,
+    name: &WireName,
+    record_type: RecordType,
+) -> Result<Vec<ZoneRecord>, Negative> {
+    let mut records = Vec::new();
+    zone.records_at(
+        view,
+        name,
+        record_type,
+        &mut Collector {
+            records: &mut records,
+        },
+    )?;
+    Ok(records)
 }
 
 /// The zone's static records, the SOA left out (transfers put it first and last).

@@ -97,6 +97,10 @@ pub enum RegistryError {
     },
     #[error("the change was not made: the store cannot take it ({0}); DNS still answers from memory, try again")]
     StoreUnavailable(String),
+    /// A transaction's own check of the registry refused it (a DNS UPDATE whose
+    /// prerequisite does not hold). `code` is the requester's, handed back as it was.
+    #[error("{reason}")]
+    Declined { code: u16, reason: String },
 }
 
 impl RegistryError {
@@ -135,6 +139,7 @@ impl RegistryError {
             RegistryError::Unavailable => "unavailable",
             RegistryError::Full { .. } => "too_many_instances",
             RegistryError::StoreUnavailable(_) => "store_unavailable",
+            RegistryError::Declined { .. } => "declined",
         }
     }
 }

@@ -36,8 +36,8 @@ pub use model::{
 };
 pub use view::{Entry, InstanceRef, View, ZoneSettings, ZoneView};
 pub use watch::{Event, Reason, WatchItem, WatchStream};
-pub use writer::Subscription;
 use writer::{Command, Writer};
+pub use writer::{Decide, Step, Subscription};
 
 use crate::store::{Store, StoreError, StoredInstance};
 
@@ -248,6 +248,14 @@ impl Registry {
             }),
             Err(e) => Pending::failed(e),
         }
+    }
+
+    /// Makes all of a transaction's steps or none, as one batch of the writer:
+    /// `decide` sees the registry as it is when the transaction's turn comes, so a
+    /// check it makes still holds when its steps are made. Resolves once the steps
+    /// are published (and committed, with a durable store).
+    pub fn transaction(&self, decide: Decide) -> Pending<()> {
+        self.submit(|reply| Command::Transaction { decide, reply })
     }
 
     /// Restarts the lease of an instance; resolves to its lease length. Instances

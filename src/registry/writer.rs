@@ -82,6 +82,13 @@ pub enum Command {
     Release {
         connection: ConnectionId,
     },
+    /// An all-or-nothing change that decides its steps on the registry as it is when
+    /// its turn comes (a DNS UPDATE, whose prerequisites must hold at that moment):
+    /// either every step is made, in the batch, or none.
+    Transaction {
+        decide: Decide,
+        reply: Reply<()>,
+    },
     /// What a shared store reports (other nodes' changes and our own, in order).
     Remote(Remote),
     Watch {
@@ -89,6 +96,25 @@ pub enum Command {
         reply: oneshot::Sender<Subscription>,
     },
     Shutdown,
+}
+
+/// Given the registry as the writer holds it, the steps of a transaction, or why it
+/// must not happen. It may be called more than once (a batch is planned again when
+/// the store fails), so it must decide from the view alone.
+pub type Decide = Box<dyn Fn(&View) -> Result<Vec<Step>, RegistryError> + Send>;
+
+/// One step of a transaction.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Registers or replaces an instance (stored, without a connection). Putting an
+    /// instance exactly as it is only restarts its lease: a refresh changes no answer
+    /// and moves no serial.
+    Put {
+        zone: usize,
+        registration: Registration,
+    },
+    /// Removes an instance, if it is there.
+    Remove(InstanceRef),
 }
 
 /// A new watcher: the registry as of its subscription, then every later change.
@@ -553,28 +579,7 @@ impl Writer {
                     stage,
                 )))
             }
-            Command::Renew { at, .. } => {
-                let result = match plan.view.entry(at) {
-                    Some(entry) if self.shared.is_some() => {
-                        let ttl = entry.instance.ttl;
-                        let renewal = ttl.map(|_| Change::Renew(key_of(&plan.view, at)));
-                        stage(plan, renewal).map(|()| ttl)
-                    }
-                    Some(entry) => {
-                        if let Some(ttl) = entry.instance.ttl {
-                            plan.effects.push(Effect::StartLease {
-                                entry: entry.clone(),
-                                length: Duration::from_secs(u64::from(ttl)),
-                                at: at.clone(),
-                            });
-                            plan.effects.push(Effect::Renewed(at.clone()));
-                        }
-                        Ok(entry.instance.ttl)
-                    }
-                    None => Err(not_found(at)),
-                };
-                Some(Ack::Lease(result))
-            }
+            Command::Renew { at, .. } => Some(Ack::Lease(self.plan_renew(plan, at, stage))),
             Command::Deregister { at, .. } => {
                 let result = match plan.view.entry(at).cloned() {
                     None => Err(not_found(at)),
@@ -657,7 +662,113 @@ impl Writer {
                 }
                 None
             }
+            Command::Transaction { decide, .. } => {
+                Some(Ack::Unit(self.plan_transaction(plan, decide, stage)))
+            }
             Command::Watch { .. } | Command::Shutdown | Command::Remote(_) => None,
+        }
+    }
+
+    /// Plans a lease renewal: restarted here, or sent to a shared store, which runs
+    /// leases itself. Returns the lease length (`None`: the instance has no lease).
+    fn plan_renew(
+        &self,
+        plan: &mut Plan,
+        at: &InstanceRef,
+        stage: impl Fn(&mut Plan, Option<Change>) -> Result<(), RegistryError>,
+    ) -> Result<Option<u32>, RegistryError> {
+        let entry = plan.view.entry(at).ok_or_else(|| not_found(at))?;
+        let ttl = entry.instance.ttl;
+        if self.shared.is_some() {
+            let renewal = ttl.map(|_| Change::Renew(key_of(&plan.view, at)));
+            return stage(plan, renewal).map(|()| ttl);
+        }
+        if let Some(ttl) = ttl {
+            plan.effects.push(Effect::StartLease {
+                entry: entry.clone(),
+                length: Duration::from_secs(u64::from(ttl)),
+                at: at.clone(),
+            });
+            plan.effects.push(Effect::Renewed(at.clone()));
+        }
+        Ok(ttl)
+    }
+
+    /// Plans a transaction's steps, all of them or, at the first that fails, none:
+    /// the plan is put back as it was before the transaction.
+    fn plan_transaction(
+        &self,
+        plan: &mut Plan,
+        decide: &Decide,
+        stage: impl Fn(&mut Plan, Option<Change>) -> Result<(), RegistryError> + Copy,
+    ) -> Result<(), RegistryError> {
+        let steps = decide(&plan.view)?;
+        let saved = (
+            plan.view.clone(),
+            plan.changes.len(),
+            plan.effects.len(),
+            plan.events.len(),
+            plan.changed_zones.len(),
+        );
+        let result = steps
+            .iter()
+            .try_for_each(|step| self.plan_step(plan, step, stage));
+        if result.is_err() {
+            let (view, changes, effects, events, changed_zones) = saved;
+            plan.view = view;
+            plan.changes.truncate(changes);
+            plan.effects.truncate(effects);
+            plan.events.truncate(events);
+            plan.changed_zones.truncate(changed_zones);
+        }
+        result
+    }
+
+    fn plan_step(
+        &self,
+        plan: &mut Plan,
+        step: &Step,
+        stage: impl Fn(&mut Plan, Option<Change>) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
+        match step {
+            Step::Put { zone, registration } => {
+                let at = InstanceRef {
+                    zone: *zone,
+                    service: registration.service.clone(),
+                    id: registration.instance.id.clone(),
+                };
+                let unchanged = plan.view.instance(&at).is_some_and(|(entry, health)| {
+                    health == Health::Healthy
+                        && entry.stored
+                        && entry.instance == registration.instance
+                });
+                if unchanged {
+                    return self.plan_renew(plan, &at, stage).map(drop);
+                }
+                registration
+                    .instance
+                    .validate(&registration.service, &self.limits.instance)?;
+                plan_register(
+                    plan,
+                    *zone,
+                    registration,
+                    None,
+                    true,
+                    &self.limits,
+                    None,
+                    stage,
+                )
+                .map(drop)
+            }
+            Step::Remove(at) => {
+                let Some(entry) = plan.view.entry(at).cloned() else {
+                    return Ok(());
+                };
+                let change = entry.stored.then(|| Change::Delete(key_of(&plan.view, at)));
+                stage(plan, change)?;
+                remove(plan, at, Reason::Deregistered);
+                Ok(())
+            }
         }
     }
 
@@ -689,7 +800,8 @@ fn send_reply(
         (
             Command::Deregister { reply, .. }
             | Command::Mark { reply, .. }
-            | Command::Reconfigure { reply, .. },
+            | Command::Reconfigure { reply, .. }
+            | Command::Transaction { reply, .. },
             Some(Ack::Unit(result)),
         ) => drop(reply.send(result)),
         (Command::Watch { filter, reply }, _) => return Some((filter, reply)),

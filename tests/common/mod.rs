@@ -324,6 +324,18 @@ impl Svcdns {
         Message::from_vec(&reply).expect("a response that parses")
     }
 
+    /// The SOA serial of `zone`.
+    pub fn serial(&self, zone: &str) -> u32 {
+        let message = self.query(zone, RecordType::SOA);
+        match answers_of(&message, RecordType::SOA)
+            .first()
+            .map(|r| &r.data)
+        {
+            Some(RData::SOA(soa)) => soa.serial,
+            other => panic!("no SOA for {zone}: {other:?}"),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

@@ -118,7 +118,8 @@ mod tests {
 
     /// A real `nsupdate -y hmac-sha256:upd-key:SECRET` request (BIND 9.18), adding a
     /// record to `example.test`, and its key.
-    const NSUPDATE_REQUEST: &[u8] = include_bytes!("../../tests/data/nsupdate_signed_update.bin");
+    const NSUPDATE_REQUEST: &[u8] =
+        include_bytes!("../../../tests/data/nsupdate_signed_update.bin");
     const NSUPDATE_SECRET: &str = "Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE=";
 
     fn load(text: &str) -> Result<UpdateKeys, String> {

@@ -1,0 +1,420 @@
+//! Registration through DNS UPDATE (RFC 2136) with real clients: BIND's `nsupdate`
+//! signing with TSIG, and dnspython sending an update lease (RFC 9664). What they write
+//! is read back with `dig`, hickory's client and the registration socket's `list`.
+//!
+//! Where the RFC leaves room, the answers are BIND 9.18's and Knot 3.2's on the same
+//! zone: a wrong secret gets NOTAUTH (BADSIG), an unknown key NOTAUTH (BADKEY), a zone
+//! not served NOTAUTH, a name outside the zone NOTZONE, an unsigned update REFUSED
+//! (BIND; Knot says NOTAUTH).
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// The key of every test: name, and the secret as `tsig-keygen` prints it.
+const KEY: &str = "hmac-sha256:upd-key:Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE=";
+/// A key that may change service `web` only.
+const WEB_KEY: &str = "hmac-sha256:web-key:c2VjcmV0LW9mLXRoZS13ZWIta2V5LTMyLWJ5dGVzISE=";
+const KEYS_FILE: &str = r#"- name: upd-key
+  algorithm: hmac-sha256
+  secret: "Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE="
+  services: ["*"]
+- name: web-key
+  algorithm: hmac-sha256
+  secret: "c2VjcmV0LW9mLXRoZS13ZWIta2V5LTMyLWJ5dGVzISE="
+  services: ["web"]
+"#;
+
+/// A server that takes updates signed with the two keys; `extra` is top-level
+/// configuration (e.g. `data_dir`).
+fn server_with_keys(extra: &str) -> Svcdns {
+    try_with_keys_file(extra, KEYS_FILE).expect("starts with a keys file")
+}
+
+/// A server with `keys` as its `dns.update.keys_file`; what it printed if it does not
+/// start.
+fn try_with_keys_file(extra: &str, keys: &str) -> Result<Svcdns, String> {
+    let mut server = Svcdns::with(&[], extra);
+    std::fs::write(server.dir.path().join("keys.yaml"), keys).expect("keys file");
+    let config = server.dir.path().join("svcdns.yaml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replacen("dns:\n", "dns:\n  update: {keys_file: keys.yaml}\n", 1);
+    std::fs::write(&config, text).expect("config");
+    server.restart().map(|()| server)
+}
+
+/// Runs `nsupdate` (signed with `key`, when given) on `commands`, which it sends to the
+/// server for zone `svc.internal`; returns what it printed. An update refused prints
+/// `update failed: RCODE`.
+fn nsupdate(server: SocketAddr, key: Option<&str>, commands: &str) -> String {
+    let mut command = Command::new("nsupdate");
+    if let Some(key) = key {
+        command.args(["-y", key]);
+    }
+    let mut child = command
+        .args(["-t", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nsupdate must be installed (apt-get install bind9-dnsutils)");
+    let script = format!(
+        "server {} {}\nzone svc.internal\n{}\nsend\n",
+        server.ip(),
+        server.port(),
+        commands.trim()
+    );
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write to nsupdate");
+    let output = child.wait_with_output().expect("nsupdate runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn short(server: &Svcdns, name: &str, rtype: &str) -> Vec<String> {
+    let mut lines: Vec<String> = dig(server.dns, &["+short", name, rtype])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+const ADD_WEB1: &str = r#"
+update add web1._http._tcp.svc.internal. 60 SRV 0 5 8080 host1.svc.internal.
+update add web1._http._tcp.svc.internal. 60 TXT "path=/api" "v=2"
+update add _http._tcp.svc.internal. 60 PTR web1._http._tcp.svc.internal.
+update add _canary._sub._http._tcp.svc.internal. 60 PTR web1._http._tcp.svc.internal.
+update add host1.svc.internal. 60 A 10.0.0.5
+"#;
+
+#[test]
+fn nsupdate_registers_a_dns_sd_service_and_changes_and_removes_it() {
+    let server = server_with_keys("");
+    let out = nsupdate(server.dns, Some(KEY), ADD_WEB1);
+    assert!(!out.contains("failed"), "{out}");
+
+    // Acknowledged means visible: no waiting.
+    assert_eq!(
+        short(&server, "_http._tcp.svc.internal", "SRV"),
+        ["0 5 8080 web1.http.svc.internal."]
+    );
+    assert_eq!(short(&server, "web1.http.svc.internal", "A"), ["10.0.0.5"]);
+    assert_eq!(short(&server, "http.svc.internal", "A"), ["10.0.0.5"]);
+    assert_eq!(
+        short(&server, "web1._http._tcp.svc.internal", "TXT"),
+        ["\"path=/api\" \"v=2\""]
+    );
+    assert_eq!(
+        short(&server, "_canary._sub._http._tcp.svc.internal", "PTR"),
+        ["web1._http._tcp.svc.internal."]
+    );
+    let listed = server
+        .connect()
+        .send(&json!({"op": "list", "service": "http"}));
+    let instance = &listed["instances"][0];
+    assert_eq!(instance["id"], "web1", "{listed}");
+    assert_eq!(instance["port"], 8080, "{listed}");
+    assert_eq!(instance["tags"], json!(["canary"]), "{listed}");
+    assert_eq!(instance["meta"]["path"], "/api", "{listed}");
+    assert!(
+        instance.get("ttl").is_none_or(|ttl| ttl.is_null()),
+        "no lease: {listed}"
+    );
+
+    // A second address at the instance's own address name, one TXT replaced.
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update add web1.http.svc.internal. 60 A 10.0.0.6\n\
+         update delete web1._http._tcp.svc.internal. TXT\n\
+         update add web1._http._tcp.svc.internal. 60 TXT \"path=/v3\"",
+    );
+    assert!(!out.contains("failed"), "{out}");
+    assert_eq!(
+        short(&server, "web1.http.svc.internal", "A"),
+        ["10.0.0.5", "10.0.0.6"]
+    );
+    assert_eq!(
+        short(&server, "web1._http._tcp.svc.internal", "TXT"),
+        ["\"path=/v3\""]
+    );
+
+    // One address deleted, then the SRV: the instance is gone from every name.
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update delete web1.http.svc.internal. A 10.0.0.5",
+    );
+    assert!(!out.contains("failed"), "{out}");
+    assert_eq!(short(&server, "web1.http.svc.internal", "A"), ["10.0.0.6"]);
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update delete web1._http._tcp.svc.internal. SRV",
+    );
+    assert!(!out.contains("failed"), "{out}");
+    let srv = dig(server.dns, &["_http._tcp.svc.internal", "SRV"]);
+    assert!(srv.contains("status: NXDOMAIN"), "{srv}");
+    assert!(short(&server, "web1.http.svc.internal", "A").is_empty());
+    // Deleting what is not there is no error (RFC 2136 §3.4.2).
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update delete web1._http._tcp.svc.internal. SRV",
+    );
+    assert!(!out.contains("failed"), "{out}");
+}
+
+#[test]
+fn a_failed_prerequisite_or_a_bad_change_changes_nothing() {
+    let server = server_with_keys("");
+    assert!(!nsupdate(server.dns, Some(KEY), ADD_WEB1).contains("failed"));
+    let before = server.serial("svc.internal.");
+
+    let cases = [
+        // The name exists, so "nxdomain" fails: YXDOMAIN.
+        (
+            "prereq nxdomain web1._http._tcp.svc.internal.\nupdate add web1.http.svc.internal. 60 A 10.0.0.7",
+            "YXDOMAIN",
+        ),
+        (
+            "prereq yxdomain nothing.http.svc.internal.\nupdate add web1.http.svc.internal. 60 A 10.0.0.7",
+            "NXDOMAIN",
+        ),
+        (
+            "prereq nxrrset web1._http._tcp.svc.internal. SRV\nupdate add web1.http.svc.internal. 60 A 10.0.0.7",
+            "YXRRSET",
+        ),
+        // The SRV is there, with another port: value-dependent prerequisites compare data.
+        (
+            "prereq yxrrset web1._http._tcp.svc.internal. SRV 0 5 9999 web1.http.svc.internal.\nupdate add web1.http.svc.internal. 60 A 10.0.0.7",
+            "NXRRSET",
+        ),
+        // The first change alone would do, the second is refused: neither is made.
+        (
+            "update add web1.http.svc.internal. 60 A 10.0.0.7\nupdate add plain.svc.internal. 60 MX 10 mail.svc.internal.",
+            "REFUSED",
+        ),
+        // The first instance's change is made on the writer, then the second's is
+        // refused there (port 0): the first is rolled back.
+        (
+            "update add web1.http.svc.internal. 60 A 10.0.0.7\nupdate add zero._http._tcp.svc.internal. 60 SRV 0 0 0 zero.http.svc.internal.\nupdate add zero.http.svc.internal. 60 A 10.0.0.9",
+            "REFUSED",
+        ),
+        // An instance without a port cannot be registered.
+        (
+            "update add lone._http._tcp.svc.internal. 60 TXT \"a=b\"",
+            "REFUSED",
+        ),
+        ("update add web1.example.org. 60 A 10.0.0.7", "NOTZONE"),
+    ];
+    for (commands, rcode) in cases {
+        let out = nsupdate(server.dns, Some(KEY), commands);
+        assert!(
+            out.contains(&format!("update failed: {rcode}")),
+            "{commands}: {out}"
+        );
+        assert_eq!(
+            short(&server, "web1.http.svc.internal", "A"),
+            ["10.0.0.5"],
+            "{commands}"
+        );
+    }
+    assert_eq!(
+        server.serial("svc.internal."),
+        before,
+        "nothing changed, the serial did not move"
+    );
+
+    // The same prerequisites, when they hold, let the change through.
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "prereq yxrrset web1._http._tcp.svc.internal. SRV 0 5 8080 web1.http.svc.internal.\n\
+         prereq nxdomain other._http._tcp.svc.internal.\n\
+         prereq yxrrset web1.http.svc.internal. A\n\
+         update add web1.http.svc.internal. 60 A 10.0.0.7",
+    );
+    assert!(!out.contains("failed"), "{out}");
+    assert_eq!(
+        short(&server, "web1.http.svc.internal", "A"),
+        ["10.0.0.5", "10.0.0.7"]
+    );
+    assert!(server.serial("svc.internal.") > before);
+}
+
+#[test]
+fn unsigned_badly_signed_and_unauthorised_updates_are_refused() {
+    let server = server_with_keys("");
+    let add = "update add web2._web._tcp.svc.internal. 60 SRV 0 0 80 web2.web.svc.internal.\n\
+               update add web2.web.svc.internal. 60 A 10.0.0.8";
+    let wrong_secret = "hmac-sha256:upd-key:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let unknown_key = "hmac-sha256:nobody:Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE=";
+    for (key, expected) in [
+        (None, "update failed: REFUSED"),
+        (Some(wrong_secret), "NOTAUTH(BADSIG)"),
+        (Some(unknown_key), "NOTAUTH(BADKEY)"),
+    ] {
+        let out = nsupdate(server.dns, key, add);
+        assert!(out.contains(expected), "{key:?}: {out}");
+        assert!(short(&server, "web2.web.svc.internal", "A").is_empty());
+    }
+    // A key limited to `web` registers web, but may not touch another service, even
+    // one the registration socket registered.
+    server.register(json!({"op": "register", "service": "db", "id": "db1", "addresses": ["10.0.1.1"], "port": 5432}));
+    let out = nsupdate(server.dns, Some(WEB_KEY), add);
+    assert!(!out.contains("failed"), "{out}");
+    assert_eq!(short(&server, "web2.web.svc.internal", "A"), ["10.0.0.8"]);
+    let out = nsupdate(
+        server.dns,
+        Some(WEB_KEY),
+        "update delete db1._db._tcp.svc.internal. SRV",
+    );
+    assert!(out.contains("update failed: REFUSED"), "{out}");
+    assert_eq!(short(&server, "db1.db.svc.internal", "A"), ["10.0.1.1"]);
+    // A zone we do not serve.
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "zone example.org\nupdate add a.example.org. 60 A 10.0.0.1",
+    );
+    assert!(out.contains("update failed: NOTAUTH"), "{out}");
+    // The server goes on answering.
+    assert_eq!(short(&server, "web.svc.internal", "A"), ["10.0.0.8"]);
+
+    // Without a keys file, updates are off.
+    let plain = Svcdns::start();
+    let out = nsupdate(plain.dns, Some(KEY), add);
+    assert!(out.contains("update failed: REFUSED"), "{out}");
+    assert!(short(&plain, "web2.web.svc.internal", "A").is_empty());
+}
+
+#[test]
+fn an_update_is_durable_once_acknowledged() {
+    let mut server = server_with_keys("data_dir: data\n");
+    assert!(!nsupdate(server.dns, Some(KEY), ADD_WEB1).contains("failed"));
+    server.kill9();
+    server.restart().expect("restarts on its data_dir");
+    assert_eq!(short(&server, "web1.http.svc.internal", "A"), ["10.0.0.5"]);
+}
+
+/// dnspython (Debian's python3-dnspython) sends an update with an update lease
+/// option; prints the RCODE and the lease option of the response.
+const LEASED_UPDATE: &str = r#"
+import struct, sys, dns.update, dns.query, dns.tsigkeyring, dns.edns, dns.rcode
+port, lease = int(sys.argv[1]), int(sys.argv[2])
+keyring = dns.tsigkeyring.from_text({"upd-key.": "Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE="})
+update = dns.update.UpdateMessage("svc.internal.", keyring=keyring, keyalgorithm="hmac-sha256")
+update.delete("printer._ipp._tcp.svc.internal.")
+update.add("printer._ipp._tcp.svc.internal.", 30, "SRV", "0 0 631 host.svc.internal.")
+update.add("printer._ipp._tcp.svc.internal.", 30, "TXT", "rp=ipp/print")
+update.add("_ipp._tcp.svc.internal.", 30, "PTR", "printer._ipp._tcp.svc.internal.")
+update.add("host.svc.internal.", 30, "AAAA", "fd00::9")
+update.use_edns(0, 0, 1232, options=[dns.edns.GenericOption(2, struct.pack("!II", lease, 7 * 86400))])
+response = dns.query.udp(update, "127.0.0.1", port=port, timeout=5)
+leases = [o.data.hex() for o in response.options if o.otype == 2]
+print(dns.rcode.to_text(response.rcode()), *leases)
+"#;
+
+fn leased_update(server: &Svcdns, lease: u32) -> String {
+    let output = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            LEASED_UPDATE,
+            &server.dns.port().to_string(),
+            &lease.to_string(),
+        ])
+        .output()
+        .expect("python3 must be installed, with python3-dnspython");
+    assert!(
+        output.status.success(),
+        "dnspython: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn an_update_lease_is_granted_renewed_by_the_next_update_and_runs_out() {
+    let server = server_with_keys("");
+    // Granted as asked, key lease echoed (RFC 9664 §4.2): 3 s and 7 days.
+    assert_eq!(leased_update(&server, 3), "NOERROR 0000000300093a80");
+    let name = "printer.ipp.svc.internal";
+    assert_eq!(short(&server, name, "AAAA"), ["fd00::9"]);
+    let listed = server
+        .connect()
+        .send(&json!({"op": "list", "service": "ipp"}));
+    assert_eq!(
+        listed["instances"][0]["ttl"], 3,
+        "a leased registration: {listed}"
+    );
+    let serial_before = server.serial("svc.internal.");
+
+    // Refreshed every second (the same update again) it outlives its lease...
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(leased_update(&server, 3), "NOERROR 0000000300093a80");
+        assert_eq!(short(&server, name, "AAAA"), ["fd00::9"], "renewed");
+    }
+    // ...without changing the zone: a refresh moves no serial.
+    assert_eq!(server.serial("svc.internal."), serial_before);
+
+    // Left alone, it expires like any leased registration.
+    assert!(
+        eventually(WAIT, || short(&server, name, "AAAA").is_empty()),
+        "the lease ran out"
+    );
+    let srv = dig(server.dns, &["_ipp._tcp.svc.internal", "SRV"]);
+    assert!(srv.contains("status: NXDOMAIN"), "{srv}");
+}
+
+#[test]
+fn sighup_reads_the_keys_file_again_and_a_bad_one_stops_the_start() {
+    let server = server_with_keys("");
+    let add = "update add w._web._tcp.svc.internal. 60 SRV 0 0 80 w.web.svc.internal.\n\
+               update add w.web.svc.internal. 60 A 10.0.0.8";
+    assert!(!nsupdate(server.dns, Some(WEB_KEY), add).contains("failed"));
+    // web-key withdrawn: its next update is from an unknown key.
+    let only_upd_key: String = KEYS_FILE
+        .lines()
+        .take(4)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(server.dir.path().join("keys.yaml"), only_upd_key).expect("keys file");
+    let logs = server.reload();
+    assert!(
+        logs.contains("reloaded the DNS UPDATE keys keys=1"),
+        "{logs}"
+    );
+    let out = nsupdate(
+        server.dns,
+        Some(WEB_KEY),
+        "update delete w._web._tcp.svc.internal. SRV",
+    );
+    assert!(out.contains("NOTAUTH(BADKEY)"), "{out}");
+    assert_eq!(short(&server, "w.web.svc.internal", "A"), ["10.0.0.8"]);
+
+    let md5 = "- {name: k, algorithm: hmac-md5, secret: \"Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE=\", services: [web]}\n";
+    let Err(stderr) = try_with_keys_file("", md5) else {
+        panic!("a bad keys file stops the start");
+    };
+    assert!(
+        stderr.contains("keys.yaml") && stderr.contains("hmac-md5"),
+        "{stderr}"
+    );
+}
