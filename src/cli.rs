@@ -11,7 +11,7 @@ use svcdns::client::{Connection, Endpoint};
 use svcdns::config::Config;
 use svcdns::stop::StopSignals;
 use svcdns::store::embedded::EmbeddedStore;
-use svcdns::store::{StoreError, StoredInstance, BACKUP_FORMAT};
+use svcdns::store::{StoreError, StoredInstance, StoredRecords, BACKUP_FORMAT};
 use tokio::time::Instant;
 
 use crate::ConnectArgs;
@@ -544,8 +544,8 @@ pub enum SnapshotCommand {
 }
 
 /// The first line of a backup file.
-fn backup_header(serial: &Value, count: usize) -> Value {
-    json!({"svcdns_snapshot": BACKUP_FORMAT, "serial": serial, "instances": count})
+fn backup_header(serial: &Value, instances: usize, records: usize) -> Value {
+    json!({"svcdns_snapshot": BACKUP_FORMAT, "serial": serial, "instances": instances, "records": records})
 }
 
 pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
@@ -571,21 +571,24 @@ pub async fn snapshot(command: SnapshotCommand) -> Result<()> {
 async fn save(file: &Path, connect: &ConnectArgs) -> Result<()> {
     let mut connection = Connection::open(&connect.endpoint()).await?;
     let reply = connection.request(&json!({"op": "snapshot"})).await?;
-    let instances = reply["instances"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let mut text = backup_header(&reply["serial"], instances.len()).to_string();
+    let list = |key: &str| reply[key].as_array().map(Vec::as_slice).unwrap_or_default();
+    let (instances, records) = (list("instances"), list("records"));
+    let mut text = backup_header(&reply["serial"], instances.len(), records.len()).to_string();
     text.push('\n');
-    for instance in instances {
-        text.push_str(&instance.to_string());
+    for line in instances.iter().chain(records) {
+        text.push_str(&line.to_string());
         text.push('\n');
     }
     // Written beside the target, then renamed over it: a crash leaves the old backup.
     let partial = file.with_extension("partial");
     std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
     std::fs::rename(&partial, file).with_context(|| format!("writing {}", file.display()))?;
-    println!("saved {} instances to {}", instances.len(), file.display());
+    println!(
+        "saved {} instances and {} names' records to {}",
+        instances.len(),
+        records.len(),
+        file.display()
+    );
     Ok(())
 }
 
@@ -610,17 +613,28 @@ fn restore(file: &Path, data_dir: &Path) -> Result<()> {
         );
     }
     let mut instances = Vec::new();
+    let mut records = Vec::new();
     for (index, line) in lines.filter(|(_, line)| !line.trim().is_empty()) {
-        let stored = StoredInstance::from_backup_line(line)
-            .map_err(|problem| anyhow::anyhow!("{}:{}: {problem}", file.display(), index + 1))?;
-        instances.push(stored);
+        let at = |problem: String| anyhow::anyhow!("{}:{}: {problem}", file.display(), index + 1);
+        let object: serde_json::Map<String, Value> =
+            serde_json::from_str(line).map_err(|e| at(format!("not a JSON object: {e}")))?;
+        if StoredRecords::is_records(&object) {
+            records.push(StoredRecords::from_object(&object).map_err(at)?);
+        } else {
+            instances.push(StoredInstance::from_backup_line(line).map_err(at)?);
+        }
     }
-    if header["instances"].as_u64() != Some(instances.len() as u64) {
+    // Backups from before records were kept have no count of them.
+    let expected_records = header["records"].as_u64().unwrap_or(0);
+    if header["instances"].as_u64() != Some(instances.len() as u64)
+        || expected_records != records.len() as u64
+    {
         bail!(
-            "{}: the header says {} instances but the file has {}: cut short?",
+            "{}: the header says {} instances and {expected_records} records but the file has {} and {}: cut short?",
             file.display(),
             header["instances"],
-            instances.len()
+            instances.len(),
+            records.len()
         );
     }
     let serial = header["serial"]
@@ -633,10 +647,11 @@ fn restore(file: &Path, data_dir: &Path) -> Result<()> {
         ),
         other => anyhow::anyhow!(other),
     })?;
-    store.replace_all(&instances, serial)?;
+    store.replace_all(&instances, &records, serial)?;
     println!(
-        "restored {} instances into {}",
+        "restored {} instances and {} names' records into {}",
         instances.len(),
+        records.len(),
         store.path().display()
     );
     Ok(())

@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -34,54 +32,7 @@ const KEYS_FILE: &str = r#"- name: upd-key
 /// A server that takes updates signed with the two keys; `extra` is top-level
 /// configuration (e.g. `data_dir`).
 fn server_with_keys(extra: &str) -> Svcdns {
-    try_with_keys_file(extra, KEYS_FILE).expect("starts with a keys file")
-}
-
-/// A server with `keys` as its `dns.update.keys_file`; what it printed if it does not
-/// start.
-fn try_with_keys_file(extra: &str, keys: &str) -> Result<Svcdns, String> {
-    let mut server = Svcdns::with(&[], extra);
-    std::fs::write(server.dir.path().join("keys.yaml"), keys).expect("keys file");
-    let config = server.dir.path().join("svcdns.yaml");
-    let text = std::fs::read_to_string(&config).expect("config");
-    let text = text.replacen("dns:\n", "dns:\n  update: {keys_file: keys.yaml}\n", 1);
-    std::fs::write(&config, text).expect("config");
-    server.restart().map(|()| server)
-}
-
-/// Runs `nsupdate` (signed with `key`, when given) on `commands`, which it sends to the
-/// server for zone `svc.internal`; returns what it printed. An update refused prints
-/// `update failed: RCODE`.
-fn nsupdate(server: SocketAddr, key: Option<&str>, commands: &str) -> String {
-    let mut command = Command::new("nsupdate");
-    if let Some(key) = key {
-        command.args(["-y", key]);
-    }
-    let mut child = command
-        .args(["-t", "5"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nsupdate must be installed (apt-get install bind9-dnsutils)");
-    let script = format!(
-        "server {} {}\nzone svc.internal\n{}\nsend\n",
-        server.ip(),
-        server.port(),
-        commands.trim()
-    );
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write to nsupdate");
-    let output = child.wait_with_output().expect("nsupdate runs");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    Svcdns::try_with_update_keys(extra, "", KEYS_FILE).expect("starts with a keys file")
 }
 
 fn short(server: &Svcdns, name: &str, rtype: &str) -> Vec<String> {
@@ -206,7 +157,7 @@ fn a_failed_prerequisite_or_a_bad_change_changes_nothing() {
         ),
         // The first change alone would do, the second is refused: neither is made.
         (
-            "update add web1.http.svc.internal. 60 A 10.0.0.7\nupdate add plain.svc.internal. 60 MX 10 mail.svc.internal.",
+            "update add web1.http.svc.internal. 60 A 10.0.0.7\nupdate add svc.internal. 60 MX 10 mail.svc.internal.",
             "REFUSED",
         ),
         // The first instance's change is made on the writer, then the second's is
@@ -274,7 +225,7 @@ fn unsigned_badly_signed_and_unauthorised_updates_are_refused() {
         assert!(short(&server, "web2.web.svc.internal", "A").is_empty());
     }
     // A key limited to `web` registers web, but may not touch another service, even
-    // one the registration socket registered.
+    // one the registration socket registered, nor write names outside `web`.
     server.register(json!({"op": "register", "service": "db", "id": "db1", "addresses": ["10.0.1.1"], "port": 5432}));
     let out = nsupdate(server.dns, Some(WEB_KEY), add);
     assert!(!out.contains("failed"), "{out}");
@@ -286,6 +237,12 @@ fn unsigned_badly_signed_and_unauthorised_updates_are_refused() {
     );
     assert!(out.contains("update failed: REFUSED"), "{out}");
     assert_eq!(short(&server, "db1.db.svc.internal", "A"), ["10.0.1.1"]);
+    let out = nsupdate(
+        server.dns,
+        Some(WEB_KEY),
+        "update add www.svc.internal. 60 A 10.0.0.1",
+    );
+    assert!(out.contains("update failed: REFUSED"), "{out}");
     // A zone we do not serve.
     let out = nsupdate(
         server.dns,
@@ -303,13 +260,168 @@ fn unsigned_badly_signed_and_unauthorised_updates_are_refused() {
     assert!(short(&plain, "web2.web.svc.internal", "A").is_empty());
 }
 
+/// Records that are not instances, at names of every kind.
+const WRITE_OTHERS: &str = r#"
+update add www.svc.internal. 60 A 10.0.0.1
+update add www.svc.internal. 60 A 10.0.0.2
+update add _acme-challenge.www.svc.internal. 30 TXT "challenge-token"
+update add alias.svc.internal. 60 CNAME www.svc.internal.
+update add mail.svc.internal. 60 MX 10 www.svc.internal.
+update add a.b.deep.svc.internal. 60 AAAA fd00::1
+"#;
+
 #[test]
-fn an_update_is_durable_once_acknowledged() {
+fn other_records_are_kept_as_written_and_hold_their_names_against_services() {
+    let server =
+        Svcdns::try_with_update_keys("", r#"transfer: {allow: ["127.0.0.1/32"]}"#, KEYS_FILE)
+            .expect("starts");
+    let out = nsupdate(server.dns, Some(KEY), WRITE_OTHERS);
+    assert!(!out.contains("failed"), "{out}");
+    assert_eq!(
+        short(&server, "www.svc.internal", "A"),
+        ["10.0.0.1", "10.0.0.2"]
+    );
+    assert_eq!(
+        short(&server, "_acme-challenge.www.svc.internal", "TXT"),
+        ["\"challenge-token\""]
+    );
+    // The CNAME is followed within the zone, as for a zone file's.
+    assert_eq!(
+        short(&server, "alias.svc.internal", "A"),
+        ["10.0.0.1", "10.0.0.2", "www.svc.internal."]
+    );
+    assert_eq!(
+        short(&server, "mail.svc.internal", "MX"),
+        ["10 www.svc.internal."]
+    );
+    assert_eq!(short(&server, "a.b.deep.svc.internal", "AAAA"), ["fd00::1"]);
+    // Names above a written one exist without data; names beside it do not.
+    let above = dig(server.dns, &["b.deep.svc.internal", "A"]);
+    assert!(
+        above.contains("status: NOERROR") && above.contains("ANSWER: 0"),
+        "{above}"
+    );
+    let beside = dig(server.dns, &["c.deep.svc.internal", "A"]);
+    assert!(beside.contains("status: NXDOMAIN"), "{beside}");
+    // Secondaries get them too.
+    let axfr = dig(server.dns, &["svc.internal", "AXFR"]);
+    for line in [
+        "_acme-challenge.www.svc.internal. 30 IN TXT",
+        "alias.svc.internal.\t60\tIN\tCNAME",
+    ] {
+        assert!(
+            axfr.replace(' ', "\t").contains(&line.replace(' ', "\t")),
+            "{line}: {axfr}"
+        );
+    }
+
+    // `www` is taken: no service of that name, and no record under a service's names.
+    let mut socket = server.connect();
+    let reply = socket.send(&json!({"op": "register", "service": "www", "id": "a", "addresses": ["10.0.0.9"], "port": 80}));
+    assert_refused(&reply, "name_conflict", "DNS UPDATE");
+    server.register(json!({"op": "register", "service": "db", "id": "db1", "addresses": ["10.0.1.1"], "port": 5432}));
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update add db.svc.internal. 60 A 10.0.0.9",
+    );
+    assert!(out.contains("update failed: REFUSED"), "{out}");
+    assert_eq!(short(&server, "db.svc.internal", "A"), ["10.0.1.1"]);
+
+    // An instance's SRV may point to a host whose addresses an earlier update wrote.
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update add db2._db._tcp.svc.internal. 60 SRV 0 0 5432 www.svc.internal.",
+    );
+    assert!(!out.contains("failed"), "{out}");
+    assert_eq!(
+        short(&server, "db2.db.svc.internal", "A"),
+        ["10.0.0.1", "10.0.0.2"]
+    );
+
+    // RFC 2136 §3.4.2.2: data beside a CNAME is ignored, not an error.
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update add alias.svc.internal. 60 A 10.9.9.9",
+    );
+    assert!(!out.contains("failed"), "{out}");
+    assert!(!short(&server, "alias.svc.internal", "A").contains(&"10.9.9.9".to_string()));
+
+    // Deleting one record, then a whole name.
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update delete www.svc.internal. A 10.0.0.1\nupdate delete alias.svc.internal.",
+    );
+    assert!(!out.contains("failed"), "{out}");
+    assert_eq!(short(&server, "www.svc.internal", "A"), ["10.0.0.2"]);
+    let gone = dig(server.dns, &["alias.svc.internal", "A"]);
+    assert!(gone.contains("status: NXDOMAIN"), "{gone}");
+    // The zone's own records are the zone file's.
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update add svc.internal. 60 NS ns9.svc.internal.",
+    );
+    assert!(out.contains("update failed: REFUSED"), "{out}");
+}
+
+#[test]
+fn an_update_is_durable_once_acknowledged_and_kept_in_backups() {
     let mut server = server_with_keys("data_dir: data\n");
     assert!(!nsupdate(server.dns, Some(KEY), ADD_WEB1).contains("failed"));
+    assert!(!nsupdate(server.dns, Some(KEY), WRITE_OTHERS).contains("failed"));
     server.kill9();
     server.restart().expect("restarts on its data_dir");
     assert_eq!(short(&server, "web1.http.svc.internal", "A"), ["10.0.0.5"]);
+    assert_eq!(
+        short(&server, "mail.svc.internal", "MX"),
+        ["10 www.svc.internal."]
+    );
+
+    let dir = server.dir.path().to_path_buf();
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run svcdns");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let saved = run(&["snapshot", "save", "backup.jsonl"]);
+    // host1 (the SRV target) is kept at its name too, beside WRITE_OTHERS' five names.
+    assert!(
+        saved.contains("saved 1 instances and 6 names' records"),
+        "{saved}"
+    );
+    server.terminate();
+    let restored = run(&[
+        "snapshot",
+        "restore",
+        "backup.jsonl",
+        "--data-dir",
+        "restored",
+    ]);
+    assert!(
+        restored.contains("restored 1 instances and 6 names' records"),
+        "{restored}"
+    );
+    let config = server.dir.path().join("svcdns.yaml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("data_dir: data", "data_dir: restored"),
+    )
+    .expect("config");
+    server.restart().expect("starts on the restored store");
+    assert_eq!(short(&server, "web1.http.svc.internal", "A"), ["10.0.0.5"]);
+    assert_eq!(
+        short(&server, "_acme-challenge.www.svc.internal", "TXT"),
+        ["\"challenge-token\""]
+    );
 }
 
 /// dnspython (Debian's python3-dnspython) sends an update with an update lease
@@ -410,7 +522,7 @@ fn sighup_reads_the_keys_file_again_and_a_bad_one_stops_the_start() {
     assert_eq!(short(&server, "w.web.svc.internal", "A"), ["10.0.0.8"]);
 
     let md5 = "- {name: k, algorithm: hmac-md5, secret: \"Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE=\", services: [web]}\n";
-    let Err(stderr) = try_with_keys_file("", md5) else {
+    let Err(stderr) = Svcdns::try_with_update_keys("", "", md5) else {
         panic!("a bad keys file stops the start");
     };
     assert!(

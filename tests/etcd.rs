@@ -110,6 +110,50 @@ mod tests {
     }
 
     #[test]
+    fn what_dns_update_writes_on_one_node_answers_on_the_other() {
+        if skipped() {
+            return;
+        }
+        let etcd = EtcdCluster::start(3);
+        let keys = "- {name: k, algorithm: hmac-sha256, secret: \"Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE=\", services: [\"*\"]}\n";
+        let config = etcd.svcdns_config("/update/", 2);
+        let a = Svcdns::try_with_update_keys(&config, "", keys).expect("node A starts");
+        let b = node(&etcd, "/update/", 2);
+        let key = Some("hmac-sha256:k:Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE=");
+        let out = nsupdate(
+            a.dns,
+            key,
+            "update add w1._web._tcp.svc.internal. 60 SRV 0 0 80 w1.web.svc.internal.\n\
+             update add w1.web.svc.internal. 60 A 10.0.0.1\n\
+             update add www.svc.internal. 60 A 10.0.0.7",
+        );
+        assert!(!out.contains("failed"), "{out}");
+        // Acknowledged on A means answered by A at once; B follows.
+        assert_eq!(addresses(&a), ["10.0.0.1"]);
+        answers_within(&b, &["10.0.0.1"], Duration::from_secs(2));
+        let www = || answer_data(&b.query("www.svc.internal.", RecordType::A));
+        assert!(
+            eventually(Duration::from_secs(2), || www() == ["10.0.0.7"]),
+            "{:?}",
+            www()
+        );
+
+        let out = nsupdate(a.dns, key, "update delete www.svc.internal. A");
+        assert!(!out.contains("failed"), "{out}");
+        assert!(
+            eventually(Duration::from_secs(2), || www().is_empty()),
+            "{:?}",
+            www()
+        );
+        // A restarted node reads the written records back from etcd.
+        let out = nsupdate(a.dns, key, "update add www.svc.internal. 60 A 10.0.0.8");
+        assert!(!out.contains("failed"), "{out}");
+        let c = node(&etcd, "/update/", 2);
+        let www_c = answer_data(&c.query("www.svc.internal.", RecordType::A));
+        assert_eq!(www_c, ["10.0.0.8"]);
+    }
+
+    #[test]
     fn a_node_that_missed_changes_past_a_compaction_reads_the_registry_again() {
         if skipped() {
             return;

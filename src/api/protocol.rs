@@ -13,10 +13,10 @@ use crate::registry::spec::{
     key_from_json, mark_from_json, registration_from_json, reject_unknown,
 };
 use crate::registry::{
-    listing, stored_instances, ConnectionId, Health, InstanceJson, InstanceKey, Label, LabelKind,
-    Pending, Registry, RegistryError, View,
+    listing, stored_instances, stored_records, ConnectionId, Health, InstanceJson, InstanceKey,
+    Label, LabelKind, Pending, Registry, RegistryError, View,
 };
-use crate::store::{StoredInstance, BACKUP_FORMAT};
+use crate::store::{StoredInstance, StoredRecords, BACKUP_FORMAT};
 
 /// The reply to one request line, or what it waits for. Replies go out in the order of
 /// their requests, so a connection may pipeline many requests and read the replies later.
@@ -427,8 +427,9 @@ pub fn listing_line(op: &str, snapshot: &View, filter: Option<&Label>) -> Vec<u8
 }
 
 /// The `snapshot` reply: `{"ok":true,"op":"snapshot","format":1,"serial":…,
-/// "instances":[…]}` with every stored instance of `view` (not ephemeral, not static)
-/// and its lease deadline, as one line with its newline.
+/// "instances":[…],"records":[…]}` with every stored instance of `view` (not
+/// ephemeral, not static) and its lease deadline, and every zone's records written
+/// through DNS UPDATE, as one line with its newline.
 pub fn snapshot_line(view: &View) -> Vec<u8> {
     // With etcd, ephemeral instances are stored too; a backup never holds them (they
     // live with a connection that a restore cannot bring back).
@@ -437,6 +438,10 @@ pub fn snapshot_line(view: &View) -> Vec<u8> {
         .filter(|stored| !stored.registration.instance.ephemeral)
         .map(StoredInstance::to_backup)
         .collect();
+    let records: Vec<Value> = stored_records(view)
+        .iter()
+        .map(StoredRecords::to_value)
+        .collect();
     let zones: Vec<usize> = (0..view.zones().len()).collect();
     let reply = json!({
         "ok": true,
@@ -444,6 +449,7 @@ pub fn snapshot_line(view: &View) -> Vec<u8> {
         "format": BACKUP_FORMAT,
         "serial": view.max_serial(&zones),
         "instances": instances,
+        "records": records,
     });
     metrics::request_succeeded("snapshot");
     let mut line = reply.to_string().into_bytes();

@@ -6,7 +6,7 @@ use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
-use super::records::{Rdata, Rec, Sink};
+use super::records::{rdata_of, Rdata, Rec, Sink};
 use super::wire::{NameRef, HEADER_LEN};
 
 /// Builds a response's answer and additional sections, measuring as it goes.
@@ -184,6 +184,7 @@ pub fn to_record(record: Rec<'_>) -> Record {
             soa.minimum,
         )),
         Rdata::Static(record) => return record.record.clone(),
+        Rdata::Raw { record_type, rdata } => rdata_of(record_type, rdata),
     };
     Record::from_rdata(to_name(record.owner), record.ttl, rdata)
 }

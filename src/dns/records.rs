@@ -14,7 +14,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hickory_proto::rr::Record;
+use hickory_proto::rr::rdata::NULL;
+use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecoder, Restrict};
 
 use super::naming::{Data, Family, Members};
 use super::wire::{
@@ -49,6 +51,11 @@ pub enum Rdata<'a> {
     Soa(Soa<'a>),
     /// A record from a zone file.
     Static(&'a StaticRecord),
+    /// A record written through DNS UPDATE: its type and RDATA as on the wire.
+    Raw {
+        record_type: u16,
+        rdata: &'a [u8],
+    },
 }
 
 /// A zone's SOA data, with the serial of the snapshot answering.
@@ -83,6 +90,7 @@ impl Rdata<'_> {
             Rdata::Txt(_) => TYPE_TXT,
             Rdata::Soa(_) => TYPE_SOA,
             Rdata::Static(record) => u16::from(record.record.record_type()),
+            Rdata::Raw { record_type, .. } => *record_type,
         }
     }
 }
@@ -171,6 +179,21 @@ pub fn emit_rdata(data: &Rdata<'_>, rdata: &mut impl RdataOut) {
             rdata.u32(soa.minimum);
         }
         Rdata::Static(record) => rdata.bytes(&record.rdata),
+        Rdata::Raw { rdata: bytes, .. } => rdata.bytes(bytes),
+    }
+}
+
+/// The hickory form of a record's wire RDATA (names uncompressed); a type hickory does
+/// not know, or data it cannot read, stays opaque (RFC 3597).
+pub fn rdata_of(record_type: u16, bytes: &[u8]) -> RData {
+    let code = RecordType::from(record_type);
+    let mut decoder = BinDecoder::new(bytes);
+    match RData::read(&mut decoder, code, Restrict::new(bytes.len() as u16)) {
+        Ok(rdata) if decoder.is_empty() => rdata,
+        _ => RData::Unknown {
+            code,
+            rdata: NULL::with(bytes.to_vec()),
+        },
     }
 }
 

@@ -28,7 +28,7 @@ use super::journal::{Journal, Since};
 use super::notify::Notifier;
 use super::wire::{NameRef, ResponseWriter, Scratch, TransferQuery, TYPE_PTR};
 use super::zone::ServedZone;
-use super::zone_records::{service_records, static_records, ZoneRecord};
+use super::zone_records::{service_records, static_records, written_records, ZoneRecord};
 use crate::registry::View;
 
 const TYPE_IXFR: u16 = 251;
@@ -220,8 +220,12 @@ impl Transfers {
                     service_records(zone, zone_view, name, service, &mut records);
                     records.into_iter().map(Cow::Owned)
                 });
+                let written = written_records(zone_view.records().iter().map(|r| &**r))
+                    .into_iter()
+                    .map(Cow::Owned);
                 let records = std::iter::once(soa.clone())
                     .chain(statics)
+                    .chain(written)
                     .chain(services)
                     .chain(std::iter::once(soa));
                 messages.send(records);

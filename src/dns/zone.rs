@@ -19,6 +19,7 @@ use super::naming::{self, Resolution};
 use super::records::{self, Rdata, Rec, Sampling, Sink, Soa, StaticRecord};
 use super::wire::{NameRef, WireName};
 use super::zone_file::{SoaSpec, ZoneSpec};
+use crate::registry::records::{taken_label, NameRecords};
 use crate::registry::view::Rotation;
 use crate::registry::{Instance, Label, RegistryError, View, ZoneSettings};
 
@@ -40,7 +41,7 @@ pub struct Zone {
     /// Every other static name by lowercase wire form; a node without sets is an empty
     /// non-terminal.
     statics: HashMap<Box<[u8]>, Vec<StaticSet>>,
-    /// Service labels whose names a static record already owns (see `static_owner`).
+    /// Service labels whose names a static record already owns (see `taken_label`).
     static_service_labels: HashMap<String, Name>,
 }
 
@@ -138,11 +139,13 @@ impl Zone {
         }
 
         let apex = nodes.remove(&lower_origin).unwrap_or_default();
+        let origin_wire = lower_wire(&origin);
         let mut static_service_labels = HashMap::new();
         let mut statics: HashMap<Box<[u8]>, Vec<StaticSet>> = HashMap::new();
         let mut non_terminals: HashSet<LowerName> = HashSet::new();
         for (owner, sets) in nodes {
-            if let Some(label) = static_owner(&origin, &owner) {
+            let owner_wire = lower_wire(&Name::from(owner.clone()));
+            if let Some(label) = taken_label(&owner_wire, origin_wire.len()) {
                 static_service_labels.insert(label, Name::from(owner.clone()));
             }
             let mut ancestor = owner.base_name();
@@ -158,7 +161,7 @@ impl Zone {
         }
 
         Zone {
-            origin_wire: lower_wire(&origin),
+            origin_wire,
             soa_mname: lower_wire(&spec.soa.mname),
             soa_rname: lower_wire(&spec.soa.rname),
             origin,
@@ -198,6 +201,12 @@ impl Zone {
             origin: Arc::from(self.origin.to_string()),
             default_ttl: self.default_ttl,
         }
+    }
+
+    /// Whether the zone file has `name` (lowercase wire form), with records or as an
+    /// empty non-terminal.
+    pub fn has_static_name(&self, name: &[u8]) -> bool {
+        name == &*self.origin_wire || self.statics.contains_key(name)
     }
 
     /// The static record that owns service label `service`'s names, if one does.
@@ -324,25 +333,26 @@ impl ServedZone {
                         return Err(Negative::NoData);
                     };
                     let total = fill_static(std::iter::once(cname), owner, RecordType::CNAME, out)?;
-                    let target = cname
-                        .records
-                        .first()
-                        .and_then(|r| WireName::from_wire(&r.rdata));
-                    match target {
-                        Some(target) if target.is_within(&zone.origin_wire) => {
-                            // The target's own answer, if it has one, follows the CNAME.
-                            Ok(total
-                                + self
-                                    .fill(view, &target, record_type, out, false, sampling)
-                                    .unwrap_or(0))
-                        }
-                        _ => Ok(total),
-                    }
+                    let target = cname.records.first().map(|r| &*r.rdata);
+                    Ok(total + self.chase(view, target, record_type, out, sampling))
                 }
                 other => other,
             };
         }
         let instances = view.zone(self.index).ok_or(Negative::ServFail)?;
+        if let Some(records) = instances.records().get(name.as_wire()) {
+            return match fill_records(records, owner, record_type, out) {
+                Err(Negative::NoData) if follow_cname => {
+                    let Some(cname) = records.set(u16::from(RecordType::CNAME)) else {
+                        return Err(Negative::NoData);
+                    };
+                    let total = fill_records(records, owner, RecordType::CNAME, out)?;
+                    let target = cname.rdata.first().map(|rdata| &**rdata);
+                    Ok(total + self.chase(view, target, record_type, out, sampling))
+                }
+                other => other,
+            };
+        }
         let relative = name
             .label_count()
             .saturating_sub(self.zone.lower_origin.num_labels() as usize);
@@ -363,7 +373,29 @@ impl ServedZone {
                 out,
             )),
             Resolution::NoData => Err(Negative::NoData),
+            // Records written below a name make it exist.
+            Resolution::NxDomain if instances.records().is_ancestor(name.as_wire()) => {
+                Err(Negative::NoData)
+            }
             Resolution::NxDomain => Err(Negative::NxDomain),
+        }
+    }
+
+    /// Adds the answer at a CNAME's `target` (its RDATA), if the target is in the zone
+    /// and has one (RFC 1034 §4.3.2: followed once); returns how many records it has.
+    fn chase<S: Sink>(
+        &self,
+        view: &View,
+        target: Option<&[u8]>,
+        record_type: RecordType,
+        out: &mut S,
+        sampling: Sampling,
+    ) -> usize {
+        match target.and_then(WireName::from_wire) {
+            Some(target) if target.is_within(&self.zone.origin_wire) => self
+                .fill(view, &target, record_type, out, false, sampling)
+                .unwrap_or(0),
+            _ => 0,
         }
     }
 
@@ -437,6 +469,35 @@ fn fill_static<'a, S: Sink>(
     Ok(records.len())
 }
 
+/// Adds the RRset of `record_type` (the first for ANY, RFC 8482) among the records
+/// written through DNS UPDATE at `owner`; NODATA when there is none.
+fn fill_records<S: Sink>(
+    records: &NameRecords,
+    owner: NameRef<'_>,
+    record_type: RecordType,
+    out: &mut S,
+) -> Result<usize, Negative> {
+    let found = match record_type {
+        RecordType::ANY => records.sets.first(),
+        wanted => records.set(u16::from(wanted)),
+    };
+    let set = found.ok_or(Negative::NoData)?;
+    for rdata in &set.rdata {
+        let rec = Rec {
+            owner,
+            ttl: set.ttl,
+            data: Rdata::Raw {
+                record_type: set.record_type,
+                rdata,
+            },
+        };
+        if !out.answer(rec) {
+            break;
+        }
+    }
+    Ok(set.rdata.len())
+}
+
 /// A name's lowercase wire form.
 fn lower_wire(name: &Name) -> Box<[u8]> {
     let mut name = name.to_lowercase();
@@ -447,30 +508,21 @@ fn lower_wire(name: &Name) -> Box<[u8]> {
 /// A zone file record in the forms the answer paths use. Names in its RDATA are written
 /// uncompressed (the canonical form of RFC 4034 §6.2), so the bytes stand alone.
 fn static_record(record: &Record) -> StaticRecord {
-    let mut rdata = Vec::new();
-    let mut encoder = BinEncoder::new(&mut rdata);
-    encoder.set_canonical_form(true);
-    // Zone files hold only types hickory encodes; an error would leave the RDATA empty.
-    let _ = record.data.emit(&mut encoder);
     StaticRecord {
         record: record.clone(),
         owner: lower_wire(&record.name),
-        rdata: rdata.into_boxed_slice(),
+        // Zone files hold only types hickory encodes; an error would leave it empty.
+        rdata: canonical_rdata(&record.data).unwrap_or_default(),
     }
 }
 
-/// The service label whose names a static record at `owner` would occupy: `S` for
-/// `S.Z` and names below it, and `S` for `_S._X.Z` and below. `None` at the apex.
-fn static_owner(origin: &Name, owner: &LowerName) -> Option<String> {
-    let owner = Name::from(owner.clone());
-    let relative = owner.num_labels().checked_sub(origin.num_labels())? as usize;
-    let labels: Vec<&[u8]> = owner.iter().take(relative).collect();
-    let last = labels.last()?;
-    if last.starts_with(b"_") {
-        let second = labels.get(labels.len().checked_sub(2)?)?;
-        return second
-            .strip_prefix(b"_")
-            .map(|s| String::from_utf8_lossy(s).into_owned());
-    }
-    Some(String::from_utf8_lossy(last).into_owned())
+/// RDATA in the canonical form of RFC 4034 §6.2: names uncompressed (and, for the
+/// types that section lists, lowercase), so the bytes stand alone and compare as
+/// the data does.
+pub fn canonical_rdata(data: &RData) -> Option<Box<[u8]>> {
+    let mut rdata = Vec::new();
+    let mut encoder = BinEncoder::new(&mut rdata);
+    encoder.set_canonical_form(true);
+    data.emit(&mut encoder).ok()?;
+    Some(rdata.into_boxed_slice())
 }

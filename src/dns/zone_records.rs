@@ -18,6 +18,9 @@ use super::naming::{self, Resolution};
 use super::records::{self, Rec, Sampling, Sink};
 use super::wire::{NameRef, WireName};
 use super::zone::{Negative, ServedZone};
+use std::sync::Arc;
+
+use crate::registry::records::NameRecords;
 use crate::registry::view::Service;
 use crate::registry::{Label, Proto, View, ZoneView};
 
@@ -129,6 +132,22 @@ pub fn static_records(zone: &ServedZone) -> Vec<ZoneRecord> {
         .collect()
 }
 
+/// The records written through DNS UPDATE at these owners.
+pub fn written_records<'r>(owners: impl Iterator<Item = &'r NameRecords>) -> Vec<ZoneRecord> {
+    let mut out = Vec::new();
+    for records in owners {
+        for set in &records.sets {
+            out.extend(set.rdata.iter().map(|rdata| ZoneRecord {
+                owner: records.owner.clone(),
+                record_type: set.record_type,
+                rdata: rdata.clone(),
+                ttl: set.ttl,
+            }));
+        }
+    }
+    out
+}
+
 /// Every record service `name` gives the zone in `view` (nothing when it has no healthy
 /// instance), appended to `out`.
 pub fn service_records(
@@ -225,6 +244,28 @@ pub fn difference(zone: &ServedZone, old: &ZoneView, new: &ZoneView) -> Differen
         }
         merge(&mut before, &mut after, &mut difference);
     }
+    // Records written through DNS UPDATE: owners whose records are not shared.
+    let old_written = old.records();
+    let new_written = new.records();
+    let changed_owners = new_written
+        .iter()
+        .filter(|records| {
+            old_written
+                .get(&records.owner)
+                .is_none_or(|before| !Arc::ptr_eq(before, records))
+        })
+        .chain(
+            old_written
+                .iter()
+                .filter(|records| new_written.get(&records.owner).is_none()),
+        )
+        .map(|records| records.owner.clone())
+        .collect::<Vec<_>>();
+    for owner in changed_owners {
+        let mut before = written_records(old_written.get(&owner).map(|r| &**r).into_iter());
+        let mut after = written_records(new_written.get(&owner).map(|r| &**r).into_iter());
+        merge(&mut before, &mut after, &mut difference);
+    }
     difference.removed.sort();
     difference.added.sort();
     difference
@@ -301,6 +342,7 @@ mod tests {
 
     fn all_records(zone: &ServedZone, view: &ZoneView) -> BTreeSet<ZoneRecord> {
         let mut records = static_records(zone);
+        records.extend(written_records(view.records().iter().map(|r| &**r)));
         for (name, service) in view.services() {
             service_records(zone, view, name, service, &mut records);
         }
@@ -311,14 +353,15 @@ mod tests {
     }
 
     /// One change: `(service, id, kind, address, udp, tag, ttl)`; kind 0-2 registers
-    /// (replacing), 3 removes, 4 marks critical, 5 marks healthy.
+    /// (replacing), 3 removes, 4 marks critical, 5 marks healthy, 6 writes an A
+    /// record at `w{id}` (as DNS UPDATE does), 7 deletes the records there.
     type Change = (u8, u8, u8, u8, bool, Option<u8>, u8);
 
     fn change() -> impl Strategy<Value = Change> {
         (
             0..3u8,
             0..5u8,
-            0..6u8,
+            0..8u8,
             0..4u8,
             prop::bool::weighted(0.2),
             prop::option::of(0..2u8),
@@ -334,9 +377,29 @@ mod tests {
             service: service.clone(),
             id: id.clone(),
         };
+        let written = |id: &Label| {
+            let mut owner = vec![id.as_str().len() as u8 + 1, b'w'];
+            owner.extend_from_slice(id.as_str().as_bytes());
+            owner.extend_from_slice(b"\x03svc\x08internal\x00");
+            owner.into_boxed_slice()
+        };
         match kind {
             3 => {
                 view.remove(&at);
+            }
+            6 => {
+                let records = NameRecords {
+                    owner: written(&id),
+                    sets: vec![crate::registry::records::RecordSet {
+                        record_type: 1,
+                        ttl: u32::from(ttl),
+                        rdata: vec![vec![10, 0, 0, address].into_boxed_slice()],
+                    }],
+                };
+                view.put_records(0, records);
+            }
+            7 => {
+                view.remove_records(0, &written(&id));
             }
             4 | 5 => {
                 view.mark(

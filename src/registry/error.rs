@@ -75,6 +75,8 @@ pub enum RegistryError {
         zone: String,
         name: String,
     },
+    #[error("service {service:?} would take names that records written through DNS UPDATE hold in zone {zone}; delete those records first")]
+    RecordConflict { service: String, zone: String },
     #[error("service {service:?} would need a {length}-byte name in zone {zone}, over DNS's 255")]
     NameTooLong {
         service: String,
@@ -132,7 +134,9 @@ impl RegistryError {
             RegistryError::UnknownField(_) => "unknown_field",
             RegistryError::MissingField(_) => "missing_field",
             RegistryError::LabelConflict { .. } => "label_conflict",
-            RegistryError::NameConflict { .. } => "name_conflict",
+            RegistryError::NameConflict { .. } | RegistryError::RecordConflict { .. } => {
+                "name_conflict"
+            }
             RegistryError::NameTooLong { .. } => "name_too_long",
             RegistryError::UnknownZone(_) => "unknown_zone",
             RegistryError::NotFound { .. } => "not_found",

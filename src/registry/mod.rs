@@ -13,6 +13,7 @@ mod change_log;
 mod error;
 pub mod leases;
 pub mod model;
+pub mod records;
 pub mod spec;
 pub mod view;
 pub mod watch;
@@ -39,7 +40,7 @@ pub use watch::{Event, Reason, WatchItem, WatchStream};
 use writer::{Command, Writer};
 pub use writer::{Decide, Step, Subscription};
 
-use crate::store::{Store, StoreError, StoredInstance};
+use crate::store::{Store, StoreError, StoredInstance, StoredRecords};
 
 /// Decides whether an instance's DNS names can exist in its zone. Implemented by the
 /// DNS side, which knows the zone's static records and name lengths.
@@ -451,6 +452,19 @@ pub fn stored_instances(view: &View) -> Vec<StoredInstance> {
         }
     }
     stored
+}
+
+/// Every zone's records written through DNS UPDATE, as the store keeps them.
+pub fn stored_records(view: &View) -> Vec<StoredRecords> {
+    view.zones()
+        .iter()
+        .flat_map(|zone| {
+            zone.records().iter().map(|records| StoredRecords {
+                zone: zone.origin().to_string(),
+                records: (**records).clone(),
+            })
+        })
+        .collect()
 }
 
 /// An instance as the store keeps it, with `health` and its lease's deadline.

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use super::leases::LeaseSlot;
 use super::model::{Health, Instance, Label, Proto};
+use super::records::{NameRecords, ZoneRecords};
 use super::{ConnectionId, RegistryError};
 
 /// One registered instance as readers see it.
@@ -378,6 +379,8 @@ pub struct ZoneView {
     /// Instances in the groups (healthy ones), for gauges.
     healthy_count: usize,
     critical_count: usize,
+    /// Records that are not instances (written through DNS UPDATE).
+    records: ZoneRecords,
 }
 
 impl ZoneView {
@@ -393,6 +396,23 @@ impl ZoneView {
             critical: imbl::HashMap::new(),
             healthy_count: 0,
             critical_count: 0,
+            records: ZoneRecords::default(),
+        }
+    }
+
+    /// The zone's records that are not instances.
+    pub fn records(&self) -> &ZoneRecords {
+        &self.records
+    }
+
+    /// Bytes of the origin's wire form (the registry's origins are fully qualified
+    /// and lowercase, one dot per label plus the root).
+    fn origin_wire_len(&self) -> usize {
+        let origin = self.origin().trim_end_matches('.');
+        if origin.is_empty() {
+            1
+        } else {
+            origin.len() + 2
         }
     }
 
@@ -447,6 +467,11 @@ impl ZoneView {
 
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.get(name).map(|service| &**service)
+    }
+
+    /// Whether service `name` has instances, healthy or critical.
+    pub fn has_service(&self, name: &str) -> bool {
+        self.services.contains_key(name) || self.critical.contains_key(name)
     }
 
     /// A service with its name as registered.
@@ -545,6 +570,12 @@ impl ZoneView {
     /// [`Instance::validate`]; an instance it replaces cannot be in the way, since it
     /// has the same id and never had that id as a tag.
     pub fn check_labels(&self, service: &Label, instance: &Instance) -> Result<(), RegistryError> {
+        if self.records.takes(service.as_str()) {
+            return Err(RegistryError::RecordConflict {
+                service: service.to_string(),
+                zone: self.origin().to_string(),
+            });
+        }
         if let Some(critical) = self.critical.get(service.as_str()) {
             for other in critical.values().filter(|e| e.id() != &instance.id) {
                 if other.instance.has_tag(instance.id.as_str()) {
@@ -816,6 +847,21 @@ impl View {
             }
         }
         changed
+    }
+
+    /// Puts (or, with no sets, removes) the records at an owner of zone `zone`;
+    /// returns what was there.
+    pub fn put_records(&mut self, zone: usize, records: NameRecords) -> Option<Arc<NameRecords>> {
+        let zone = self.zones.get_mut(zone)?;
+        let origin_len = zone.origin_wire_len();
+        zone.records.put(records, origin_len)
+    }
+
+    /// Removes the records at `owner` in zone `zone`; returns them.
+    pub fn remove_records(&mut self, zone: usize, owner: &[u8]) -> Option<Arc<NameRecords>> {
+        let zone = self.zones.get_mut(zone)?;
+        let origin_len = zone.origin_wire_len();
+        zone.records.remove(owner, origin_len)
     }
 
     /// Marks a zone as changed by the current batch.

@@ -32,12 +32,13 @@ use tracing::{debug, info};
 use super::change_log::ChangeLog;
 use super::leases::Leases;
 use super::model::{Health, Label, Registration};
+use super::records::{taken_label, NameRecords};
 use super::view::{Entry, InstanceRef, View, ZoneSettings};
 use super::watch::{Event, Reason, WatchStream, Watchers};
 use super::{stored_instance, unix_ms, wall_deadline};
 use super::{Admission, ConnectionId, InstanceKey, Limits, RegistryError};
 use crate::metrics;
-use crate::store::{Change, Loaded, Remote, Store, StoredInstance};
+use crate::store::{owner_text, Change, Loaded, Remote, Store, StoredInstance, StoredRecords};
 
 /// Most requests applied as one batch, so a request waits for at most this many others.
 const MAX_BATCH: usize = 1024;
@@ -115,6 +116,8 @@ pub enum Step {
     },
     /// Removes an instance, if it is there.
     Remove(InstanceRef),
+    /// Puts the records of an owner name that are not instances (none: removes them).
+    Records { zone: usize, records: NameRecords },
 }
 
 /// A new watcher: the registry as of its subscription, then every later change.
@@ -228,6 +231,15 @@ impl Writer {
         let now = Instant::now();
         let now_wall = unix_ms(SystemTime::now());
         let mut left_out = loaded.unreadable;
+        // Before the instances: a service whose names records hold is left out.
+        for stored in loaded.records {
+            if let Err(e) = put_records(&mut self.view, &stored) {
+                left_out.push(format!(
+                    "records at {}: {e}",
+                    owner_text(&stored.records.owner)
+                ));
+            }
+        }
         let mut count = 0;
         for stored in loaded.instances {
             let StoredInstance {
@@ -760,6 +772,35 @@ impl Writer {
                 )
                 .map(drop)
             }
+            Step::Records { zone, records } => {
+                let current = plan
+                    .view
+                    .zone(*zone)
+                    .and_then(|z| z.records().get(&records.owner));
+                let unchanged = match current {
+                    Some(current) => **current == *records,
+                    None => records.sets.is_empty(),
+                };
+                if unchanged {
+                    return Ok(());
+                }
+                let stored = StoredRecords {
+                    zone: zone_origin(&plan.view, *zone).to_string(),
+                    records: records.clone(),
+                };
+                let change = if records.sets.is_empty() {
+                    Change::DeleteRecords {
+                        zone: stored.zone.clone(),
+                        owner: records.owner.clone(),
+                    }
+                } else {
+                    Change::Records(stored.clone())
+                };
+                stage(plan, Some(change))?;
+                put_records(&mut plan.view, &stored)?;
+                changed(&mut plan.changed_zones, *zone);
+                Ok(())
+            }
             Step::Remove(at) => {
                 let Some(entry) = plan.view.entry(at).cloned() else {
                     return Ok(());
@@ -924,6 +965,29 @@ fn plan_register(
         entry: Some(entry),
     });
     Ok(instance.ttl)
+}
+
+/// Puts records into their zone of `view` (none: removes them), unless they would
+/// take the names of a registered service.
+pub(super) fn put_records(view: &mut View, stored: &StoredRecords) -> Result<(), RegistryError> {
+    let zone = view
+        .zone_index(&stored.zone)
+        .filter(|&index| view.zone(index).is_some_and(|z| z.is_served()))
+        .ok_or_else(|| RegistryError::UnknownZone(stored.zone.clone()))?;
+    let zone_view = view.zone(zone).ok_or(RegistryError::Unavailable)?;
+    if !stored.records.sets.is_empty() {
+        let origin_len = stored.zone.trim_end_matches('.').len() + 2;
+        if let Some(service) = taken_label(&stored.records.owner, origin_len)
+            .filter(|service| zone_view.has_service(service))
+        {
+            return Err(RegistryError::RecordConflict {
+                service,
+                zone: stored.zone.clone(),
+            });
+        }
+    }
+    view.put_records(zone, stored.records.clone());
+    Ok(())
 }
 
 /// Removes an instance from the plan's view; false when it is not registered.

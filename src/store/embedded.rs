@@ -18,7 +18,7 @@ use redb::{
 };
 use tracing::{info, warn};
 
-use super::{Change, Loaded, Store, StoreError, StoredInstance};
+use super::{Change, Loaded, Store, StoreError, StoredInstance, StoredRecords};
 use crate::registry::InstanceKey;
 use crate::throttle::LogThrottle;
 
@@ -28,6 +28,8 @@ const INSTANCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("instances
 const LEASES: TableDefinition<&[u8], u64> = TableDefinition::new("leases");
 /// `revision`, `serial`, `format`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Records that are not instances, by `zone\0owner` (owner in wire form), as JSON.
+const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 
 /// Version of the layout above; a file of another version is refused, not misread.
 const FORMAT: u64 = 1;
@@ -105,6 +107,7 @@ impl EmbeddedStore {
                 .map_or(0, |v| v.value());
             write.open_table(INSTANCES).map_err(|e| damaged(&e))?;
             write.open_table(LEASES).map_err(|e| damaged(&e))?;
+            write.open_table(RECORDS).map_err(|e| damaged(&e))?;
         }
         write.commit().map_err(|e| damaged(&e))?;
         Ok(())
@@ -135,14 +138,17 @@ impl EmbeddedStore {
             .ok_or_else(|| StoreError::Unavailable(format!("{} is closed", self.path.display())))
     }
 
-    /// Replaces everything stored with `instances` (a backup being restored), in one
-    /// commit. The serial kept is the higher of the two, so it never goes backwards.
+    /// Replaces everything stored with `instances` and `records` (a backup being
+    /// restored), in one commit. The serial kept is the higher of the two, so it never
+    /// goes backwards.
     pub fn replace_all(
         &mut self,
         instances: &[StoredInstance],
+        records: &[StoredRecords],
         serial: Option<u32>,
     ) -> Result<(), StoreError> {
         let mut changes: Vec<Change> = instances.iter().cloned().map(Change::Put).collect();
+        changes.extend(records.iter().cloned().map(Change::Records));
         changes.extend(serial.map(Change::Serial));
         self.database()?;
         self.revision = self.write(&changes, true).map_err(|e| {
@@ -161,10 +167,12 @@ impl EmbeddedStore {
         if clear {
             write.delete_table(INSTANCES)?;
             write.delete_table(LEASES)?;
+            write.delete_table(RECORDS)?;
         }
         {
             let mut instances = write.open_table(INSTANCES)?;
             let mut leases = write.open_table(LEASES)?;
+            let mut records = write.open_table(RECORDS)?;
             let mut meta = write.open_table(META)?;
             for change in changes {
                 match change {
@@ -203,6 +211,13 @@ impl EmbeddedStore {
                     // Only shared stores run leases themselves; this one keeps
                     // deadlines (`Change::Lease`).
                     Change::Renew(_) => {}
+                    Change::Records(stored) => {
+                        let key = records_key(&stored.zone, &stored.records.owner);
+                        records.insert(key.as_slice(), stored.to_json().as_slice())?;
+                    }
+                    Change::DeleteRecords { zone, owner } => {
+                        records.remove(records_key(zone, owner).as_slice())?;
+                    }
                 }
             }
             meta.insert("revision", revision)?;
@@ -284,6 +299,17 @@ impl Store for EmbeddedStore {
                 })
                 .collect()
         });
+        let records = read.open_table(RECORDS).map_err(|e| damaged(&e))?;
+        for row in records.iter().map_err(|e| damaged(&e))? {
+            let (key, value) = row.map_err(|e| damaged(&e))?;
+            match StoredRecords::from_json(value.value()) {
+                Ok(stored) => loaded.records.push(stored),
+                Err(problem) => loaded.unreadable.push(format!(
+                    "records {}: {problem}",
+                    String::from_utf8_lossy(key.value()).replace('\0', "/")
+                )),
+            }
+        }
         loaded.instances.reserve(rows.len());
         drop(rows);
         for result in decoded.into_iter().flatten() {
@@ -295,6 +321,7 @@ impl Store for EmbeddedStore {
         info!(
             path = %self.path.display(),
             instances = loaded.instances.len(),
+            records = loaded.records.len(),
             seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
             "read the store"
         );
@@ -370,6 +397,15 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
             "{shown} is damaged and cannot be opened: {other}; restore a snapshot (svcdns snapshot restore) or move it away"
         )),
     })
+}
+
+/// `zone\0owner`, the owner in wire form.
+fn records_key(zone: &str, owner: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(zone.len() + 1 + owner.len());
+    bytes.extend_from_slice(zone.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(owner);
+    bytes
 }
 
 /// `zone\0service\0id`: labels and zone names never contain NUL.

@@ -2,7 +2,8 @@
 //! the same prefix.
 //!
 //! Layout: `<prefix>reg/<zone>/<service>/<id>` holds an instance in the same JSON
-//! as `data_dir` does (with its health). An instance with a `ttl` is attached to an
+//! as `data_dir` does (with its health); `<prefix>rec/<zone>/<owner>` holds the
+//! records written at an owner name through DNS UPDATE that are not instances. An instance with a `ttl` is attached to an
 //! etcd lease of that TTL, which a renewal keeps alive; an ephemeral instance is
 //! attached to its node's lease, kept alive while the node runs, so a node that dies
 //! takes its ephemeral instances with it after `etcd.lease_ttl`. etcd removes the
@@ -26,7 +27,10 @@ use etcd_client::{
 use tokio::runtime::Runtime;
 use tracing::{debug, info, warn};
 
-use super::{Change, Feed, Loaded, Remote, RemoteChange, Store, StoreError, StoredInstance};
+use super::{
+    owner_text, owner_wire, Change, Feed, Loaded, Remote, RemoteChange, Store, StoreError,
+    StoredInstance, StoredRecords,
+};
 use crate::config::EtcdConfig;
 use crate::registry::{InstanceKey, Label, LabelKind};
 
@@ -89,7 +93,7 @@ impl EtcdStore {
             runtime: Some(runtime),
             client,
             endpoints,
-            prefix: format!("{}reg/", config.prefix),
+            prefix: config.prefix.clone(),
             lease_ttl: config.lease_ttl as i64,
             leases: Arc::default(),
             node_lease: None,
@@ -98,7 +102,15 @@ impl EtcdStore {
     }
 
     fn key(&self, key: &InstanceKey) -> Vec<u8> {
-        format!("{}{}/{}/{}", self.prefix, key.zone, key.service, key.id).into_bytes()
+        format!(
+            "{}{INSTANCES}{}/{}/{}",
+            self.prefix, key.zone, key.service, key.id
+        )
+        .into_bytes()
+    }
+
+    fn records_key(&self, zone: &str, owner: &[u8]) -> Vec<u8> {
+        format!("{}{RECORDS}{zone}/{}", self.prefix, owner_text(owner)).into_bytes()
     }
 
     /// Runs `work` on the client's runtime and waits for it (the writer's thread
@@ -295,25 +307,47 @@ impl Batch {
     }
 }
 
-/// Reads a key of ours back into an instance key.
-fn parse_key(prefix: &str, key: &[u8]) -> Option<InstanceKey> {
+/// Where instances live under the prefix.
+const INSTANCES: &str = "reg/";
+/// Where records that are not instances live under the prefix.
+const RECORDS: &str = "rec/";
+
+/// The removal a deleted key of ours stands for.
+fn deletion(prefix: &str, key: &[u8]) -> Option<RemoteChange> {
     let text = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
-    let mut parts = text.split('/');
+    if let Some(records) = text.strip_prefix(RECORDS) {
+        let (zone, owner) = records.split_once('/')?;
+        return Some(RemoteChange::DeleteRecords {
+            zone: zone.to_string(),
+            owner: owner_wire(owner).ok()?,
+        });
+    }
+    let mut parts = text.strip_prefix(INSTANCES)?.split('/');
     let (zone, service, id) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
         return None;
     }
-    Some(InstanceKey {
+    Some(RemoteChange::Delete(InstanceKey {
         zone: zone.to_string(),
         service: Label::parse(service, LabelKind::Service).ok()?,
         id: Label::parse(id, LabelKind::Id).ok()?,
-    })
+    }))
 }
 
-/// An instance read from etcd, or why not.
-fn parse_value(kv: &KeyValue) -> Result<StoredInstance, String> {
+/// What a key of ours holds, or why it cannot be read.
+fn parse_value(prefix: &str, kv: &KeyValue) -> Result<RemoteChange, String> {
+    let at = |e: String| format!("{}: {e}", String::from_utf8_lossy(kv.key()));
+    if kv
+        .key()
+        .starts_with(format!("{prefix}{RECORDS}").as_bytes())
+    {
+        return StoredRecords::from_json(kv.value())
+            .map(RemoteChange::Records)
+            .map_err(at);
+    }
     StoredInstance::from_shared_json(kv.value())
-        .map_err(|e| format!("{}: {e}", String::from_utf8_lossy(kv.key())))
+        .map(RemoteChange::Put)
+        .map_err(at)
 }
 
 /// Everything under the prefix, and the revision it was read at: in pages, all at
@@ -346,8 +380,10 @@ async fn read_all(
             if kv.lease() != 0 {
                 known.insert(kv.key().to_vec(), kv.lease());
             }
-            match parse_value(kv) {
-                Ok(stored) => loaded.instances.push(stored),
+            match parse_value(prefix, kv) {
+                Ok(RemoteChange::Put(stored)) => loaded.instances.push(stored),
+                Ok(RemoteChange::Records(stored)) => loaded.records.push(stored),
+                Ok(_) => {}
                 Err(problem) => loaded.unreadable.push(problem),
             }
         }
@@ -418,8 +454,8 @@ async fn follow(
                     let Some(kv) = event.kv() else { continue };
                     revision = kv.mod_revision() as u64;
                     let change = match event.event_type() {
-                        EventType::Put => match parse_value(kv) {
-                            Ok(stored) => {
+                        EventType::Put => match parse_value(&prefix, kv) {
+                            Ok(change) => {
                                 if let Ok(mut leases) = leases.lock() {
                                     if kv.lease() != 0 {
                                         leases.insert(kv.key().to_vec(), kv.lease());
@@ -427,10 +463,10 @@ async fn follow(
                                         leases.remove(kv.key());
                                     }
                                 }
-                                RemoteChange::Put(stored)
+                                change
                             }
                             Err(problem) => {
-                                warn!(%problem, "an instance in etcd cannot be read; left out");
+                                warn!(%problem, "a key in etcd cannot be read; left out");
                                 continue;
                             }
                         },
@@ -438,8 +474,8 @@ async fn follow(
                             if let Ok(mut leases) = leases.lock() {
                                 leases.remove(kv.key());
                             }
-                            match parse_key(&prefix, kv.key()) {
-                                Some(key) => RemoteChange::Delete(key),
+                            match deletion(&prefix, kv.key()) {
+                                Some(change) => change,
                                 None => continue,
                             }
                         }
@@ -469,6 +505,7 @@ async fn follow(
                     let reload = Remote::Reload {
                         revision: loaded.revision,
                         instances: loaded.instances,
+                        records: loaded.records,
                     };
                     if !feed(reload) {
                         return;
@@ -522,6 +559,14 @@ impl Store for EtcdStore {
                     });
                 }
                 Change::Delete(key) => batch.operations.push(Write::Delete(self.key(key))),
+                Change::Records(stored) => batch.operations.push(Write::Put {
+                    key: self.records_key(&stored.zone, &stored.records.owner),
+                    value: stored.to_json(),
+                    lease: PutLease::None,
+                }),
+                Change::DeleteRecords { zone, owner } => batch
+                    .operations
+                    .push(Write::Delete(self.records_key(zone, owner))),
                 Change::Renew(key) => {
                     let lease = self
                         .leases

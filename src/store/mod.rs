@@ -28,9 +28,13 @@ pub mod embedded;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 
-use serde_json::{Map, Value};
+use data_encoding::{HEXLOWER, HEXLOWER_PERMISSIVE};
+use hickory_proto::rr::Name;
+use hickory_proto::serialize::binary::BinEncodable;
+use serde_json::{json, Map, Value};
 use thiserror::Error;
 
+use crate::registry::records::{NameRecords, RecordSet};
 use crate::registry::spec::registration_from_json;
 use crate::registry::{Health, InstanceJson, InstanceKey, Registration};
 
@@ -59,6 +63,10 @@ pub enum Change {
     Serial(u32),
     /// A lease renewed: for a shared store, which runs leases itself.
     Renew(InstanceKey),
+    /// Records of a zone at one owner name, written or replaced.
+    Records(StoredRecords),
+    /// Every record at an owner name (lowercase wire form) gone.
+    DeleteRecords { zone: String, owner: Box<[u8]> },
 }
 
 /// What a shared store reports, in its order.
@@ -74,6 +82,7 @@ pub enum Remote {
     Reload {
         revision: u64,
         instances: Vec<StoredInstance>,
+        records: Vec<StoredRecords>,
     },
 }
 
@@ -82,6 +91,8 @@ pub enum Remote {
 pub enum RemoteChange {
     Put(StoredInstance),
     Delete(InstanceKey),
+    Records(StoredRecords),
+    DeleteRecords { zone: String, owner: Box<[u8]> },
 }
 
 /// Where a shared store sends what it reports; false once the registry is gone.
@@ -96,10 +107,19 @@ pub struct StoredInstance {
     pub lease_deadline_unix_ms: Option<u64>,
 }
 
+/// Records of a zone that are not instances, at one owner name, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecords {
+    /// Zone origin, lowercase and fully qualified.
+    pub zone: String,
+    pub records: NameRecords,
+}
+
 /// Everything a store holds.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub instances: Vec<StoredInstance>,
+    pub records: Vec<StoredRecords>,
     /// The highest SOA serial ever published, if any was stored.
     pub serial: Option<u32>,
     /// Records that could not be read back; they are left out and logged.
@@ -270,6 +290,121 @@ impl StoredInstance {
     }
 }
 
+impl StoredRecords {
+    /// The stored form, readable in a backup or in etcd: the owner as text, each RDATA
+    /// in hex (the RFC 3597 form, which needs no parser per type).
+    /// `{"zone": "svc.internal.", "owner": "www.svc.internal.", "sets": [{"type": 1,
+    /// "ttl": 60, "rdata": ["0a000005"]}]}`
+    pub fn to_value(&self) -> Value {
+        let sets: Vec<Value> = self
+            .records
+            .sets
+            .iter()
+            .map(|set| {
+                let rdata: Vec<String> = set.rdata.iter().map(|r| HEXLOWER.encode(r)).collect();
+                json!({"type": set.record_type, "ttl": set.ttl, "rdata": rdata})
+            })
+            .collect();
+        json!({"zone": self.zone, "owner": owner_text(&self.records.owner), "sets": sets})
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.to_value()).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let object: Map<String, Value> =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a JSON object: {e}"))?;
+        StoredRecords::from_object(&object)
+    }
+
+    /// Whether a backup line's object holds records (rather than an instance).
+    pub fn is_records(object: &Map<String, Value>) -> bool {
+        object.contains_key("owner") && object.contains_key("sets")
+    }
+
+    pub fn from_object(object: &Map<String, Value>) -> Result<Self, String> {
+        let text = |key: &str| {
+            object
+                .get(key)
+                .and_then(Value::as_str)
+                .ok_or(format!("no {key}"))
+        };
+        let zone = text("zone")?.to_ascii_lowercase();
+        let owner = owner_wire(text("owner")?)?;
+        let mut sets = Vec::new();
+        for set in object
+            .get("sets")
+            .and_then(Value::as_array)
+            .ok_or("no sets")?
+        {
+            let number = |key: &str| {
+                set.get(key)
+                    .and_then(Value::as_u64)
+                    .ok_or(format!("a set has no {key}"))
+            };
+            let record_type = u16::try_from(number("type")?).map_err(|_| "type is over 65535")?;
+            let ttl = u32::try_from(number("ttl")?).map_err(|_| "ttl is over 2^32")?;
+            let rdata = set
+                .get("rdata")
+                .and_then(Value::as_array)
+                .ok_or("a set has no rdata")?
+                .iter()
+                .map(|hex| {
+                    let hex = hex.as_str().ok_or("rdata is not a string")?;
+                    HEXLOWER_PERMISSIVE
+                        .decode(hex.as_bytes())
+                        .map(Vec::into_boxed_slice)
+                        .map_err(|e| format!("rdata {hex:?} is not hex: {e}"))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            if rdata.is_empty() {
+                return Err("a set has no records".into());
+            }
+            sets.push(RecordSet {
+                record_type,
+                ttl,
+                rdata,
+            });
+        }
+        Ok(StoredRecords {
+            zone,
+            records: NameRecords { owner, sets },
+        })
+    }
+}
+
+/// An owner name as text (`www.svc.internal.`).
+pub fn owner_text(owner: &[u8]) -> String {
+    let mut labels = Vec::new();
+    let mut at = 0;
+    while let Some(&len) = owner.get(at).filter(|&&len| len > 0) {
+        labels.push(
+            owner
+                .get(at + 1..at + 1 + usize::from(len))
+                .unwrap_or_default(),
+        );
+        at += 1 + usize::from(len);
+    }
+    match Name::from_labels(labels) {
+        Ok(mut name) => {
+            name.set_fqdn(true);
+            name.to_string()
+        }
+        Err(_) => String::from("."),
+    }
+}
+
+/// An owner name's lowercase wire form, from text.
+pub fn owner_wire(text: &str) -> Result<Box<[u8]>, String> {
+    let mut name = Name::from_ascii(text).map_err(|e| format!("owner {text:?}: {e}"))?;
+    name.set_fqdn(true);
+    name.to_lowercase()
+        .to_bytes()
+        .map(Vec::into_boxed_slice)
+        .map_err(|e| format!("owner {text:?}: {e}"))
+}
+
 fn registration_has_lease(object: &Map<String, Value>) -> bool {
     object.get("ttl").is_some_and(|ttl| !ttl.is_null())
 }
@@ -308,6 +443,32 @@ mod tests {
         let permanent = stored(None);
         let record = StoredInstance::from_json(&permanent.to_json(), Some(5)).unwrap();
         assert_eq!(record.lease_deadline_unix_ms, None);
+    }
+
+    #[test]
+    fn zone_records_read_back_as_written() {
+        let records = StoredRecords {
+            zone: "svc.internal.".into(),
+            records: NameRecords {
+                owner: owner_wire("_acme-challenge.WWW.svc.internal.").unwrap(),
+                sets: vec![RecordSet {
+                    record_type: 16,
+                    ttl: 120,
+                    rdata: vec![b"\x05token".to_vec().into_boxed_slice()],
+                }],
+            },
+        };
+        let value = records.to_value();
+        assert_eq!(value["owner"], "_acme-challenge.www.svc.internal.");
+        assert_eq!(
+            StoredRecords::from_json(&records.to_json()).unwrap(),
+            records
+        );
+        let Value::Object(object) = value else {
+            unreachable!()
+        };
+        assert!(StoredRecords::is_records(&object));
+        assert!(StoredRecords::from_json(b"{\"zone\":\"z.\",\"owner\":\"a.z.\",\"sets\":[{\"type\":1,\"ttl\":1,\"rdata\":[\"zz\"]}]}").is_err());
     }
 
     #[test]

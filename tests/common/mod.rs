@@ -119,6 +119,20 @@ impl Svcdns {
         })
     }
 
+    /// A server with `keys` as its `dns.update.keys_file`, `dns` as one more key of its
+    /// `dns:` section, and `extra` as top-level configuration; what it printed if it does
+    /// not start.
+    pub fn try_with_update_keys(extra: &str, dns: &str, keys: &str) -> Result<Svcdns, String> {
+        let mut server = Svcdns::with(&[], extra);
+        std::fs::write(server.dir.path().join("keys.yaml"), keys).expect("keys file");
+        let config = server.dir.path().join("svcdns.yaml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        let section = format!("dns:\n  update: {{keys_file: keys.yaml}}\n  {dns}\n");
+        let text = text.replacen("dns:\n", &section, 1);
+        std::fs::write(&config, text).expect("config");
+        server.restart().map(|()| server)
+    }
+
     /// Starts svcdns with at most `limit` open files, soft and hard, so it cannot raise it.
     pub fn with_open_files_limit(limit: u32) -> Svcdns {
         let launch = Launch {
@@ -646,6 +660,41 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `nsupdate` (signed with `key`, when given) on `commands`, which it sends to the
+/// server for zone `svc.internal`; returns what it printed. An update refused prints
+/// `update failed: RCODE`.
+pub fn nsupdate(server: SocketAddr, key: Option<&str>, commands: &str) -> String {
+    let mut command = Command::new("nsupdate");
+    if let Some(key) = key {
+        command.args(["-y", key]);
+    }
+    let mut child = command
+        .args(["-t", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nsupdate must be installed (apt-get install bind9-dnsutils)");
+    let script = format!(
+        "server {} {}\nzone svc.internal\n{}\nsend\n",
+        server.ip(),
+        server.port(),
+        commands.trim()
+    );
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write to nsupdate");
+    let output = child.wait_with_output().expect("nsupdate runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// A dig command, if dig is installed (CI installs it; tests that need it say so).

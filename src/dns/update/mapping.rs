@@ -1,6 +1,6 @@
 //! What an UPDATE means here (README "Registering through DNS UPDATE"): its
 //! prerequisites checked against the zone as it is answered, and its changes turned
-//! into registrations.
+//! into registrations and written records.
 //!
 //! A service instance written the DNS-SD way (RFC 6763 §4-§7) is a registration:
 //!
@@ -8,34 +8,44 @@
 //! |---|---|
 //! | `I._S._P.Z` SRV | instance `I` of service `S`, protocol `P`: port, priority, weight; DNS TTL |
 //! | `I._S._P.Z` TXT, `I.S.Z` TXT | its metadata (`key=value` strings) |
-//! | A/AAAA at the SRV's target, in the same update | its addresses |
+//! | A/AAAA at the SRV's target, in the same update or written before | its addresses |
 //! | `I.S.Z` A/AAAA | its addresses (the name svcdns gives them) |
 //! | `_T._sub._S._P.Z` PTR to `I._S._P.Z` | tag `T` |
 //! | `_S._P.Z` PTR to `I._S._P.Z` | nothing more: the instance is listed there anyway |
 //!
 //! Deleting an instance's SRV (or its name, or every address it has) deregisters it.
-//! Other names and types are refused: the registry holds service instances only.
+//! Records at other names (a host's A, an ACME challenge's TXT, a CNAME) are kept as
+//! written (`registry::records`), except at names the zone file or a registered
+//! service holds, and except the zone's own types (SOA, NS) and DNSSEC's.
 //!
 //! Everything here runs on the writer's thread, on the view the update is applied
 //! to, so the prerequisites still hold when the changes are made (RFC 2136 §3.2,
 //! §3.4.2: the whole update is one atomic step).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecoder, BinEncodable, Restrict};
+use hickory_proto::serialize::binary::BinEncodable;
 
+use super::super::records::rdata_of;
 use super::super::wire::WireName;
-use super::super::zone::{Negative, ServedZone};
+use super::super::zone::{canonical_rdata, Negative, ServedZone};
 use super::super::zone_records::records_at;
 use crate::api::auth::Grant;
 use crate::registry::model::MAX_DNS_TTL;
+use crate::registry::records::{taken_label, NameRecords, RecordSet};
 use crate::registry::{
     Instance, InstanceRef, Label, LabelKind, Meta, Proto, Registration, RegistryError, Step, View,
+    ZoneView,
 };
+
+/// Most records one RRset written through UPDATE may have.
+const MAX_RECORDS_PER_SET: usize = 256;
+/// Most names a zone may have records written at through UPDATE.
+const MAX_WRITTEN_NAMES: usize = 100_000;
 
 /// An update checked for form, waiting for its turn at the writer.
 pub struct Update {
@@ -167,15 +177,7 @@ impl Update {
         };
         Ok(records
             .iter()
-            .filter_map(|record| {
-                let mut decoder = BinDecoder::new(&record.rdata);
-                RData::read(
-                    &mut decoder,
-                    RecordType::from(record.record_type),
-                    Restrict::new(record.rdata.len() as u16),
-                )
-                .ok()
-            })
+            .map(|record| rdata_of(record.record_type, &record.rdata))
             .collect())
     }
 }
@@ -229,33 +231,195 @@ struct Srv {
 struct Drafts<'u> {
     update: &'u Update,
     view: &'u View,
+    /// Services this update gives an instance SRV: names under them are instances'.
+    services: HashSet<Label>,
     /// Addresses given at other names, by name: the SRV targets' in this update.
     hosts: HashMap<Name, Vec<IpAddr>>,
     drafts: BTreeMap<Key, Draft>,
+    /// The records written at other names, as they become, by owner (wire form).
+    written: BTreeMap<Box<[u8]>, NameRecords>,
 }
 
 impl<'u> Drafts<'u> {
     fn new(update: &'u Update, view: &'u View) -> Result<Drafts<'u>, RegistryError> {
-        let mut hosts: HashMap<Name, Vec<IpAddr>> = HashMap::new();
+        let mut drafts = Drafts {
+            update,
+            view,
+            services: HashSet::new(),
+            hosts: HashMap::new(),
+            drafts: BTreeMap::new(),
+            written: BTreeMap::new(),
+        };
+        for record in &update.changes {
+            if let (Owner::Instance { key, .. }, RecordType::SRV) =
+                (drafts.owner(&record.name)?, record.record_type())
+            {
+                drafts.services.insert(key.0);
+            }
+        }
         for record in &update.changes {
             if record.dns_class != DNSClass::IN {
                 continue;
             }
             if let (Owner::Other, Some(address)) =
-                (owner(&update.zone, &record.name)?, record.data.ip_addr())
+                (drafts.owner(&record.name)?, record.data.ip_addr())
             {
-                hosts
+                drafts
+                    .hosts
                     .entry(record.name.to_lowercase())
                     .or_default()
                     .push(address);
             }
         }
-        Ok(Drafts {
-            update,
-            view,
-            hosts,
-            drafts: BTreeMap::new(),
+        Ok(drafts)
+    }
+
+    fn zone_view(&self) -> Result<&'u ZoneView, RegistryError> {
+        self.view
+            .zone(self.update.zone.index())
+            .ok_or_else(|| declined(ResponseCode::ServFail, "zone not in the snapshot"))
+    }
+
+    /// Where `name` falls: [`owner`], with `X.S` an instance's address name only
+    /// where `S` is a registered service or one this update registers.
+    fn owner(&self, name: &Name) -> Result<Owner, RegistryError> {
+        Ok(match owner(&self.update.zone, name)? {
+            Owner::Address(key)
+                if !self.services.contains(&key.0)
+                    && !self.zone_view()?.has_service(key.0.as_str()) =>
+            {
+                Owner::Other
+            }
+            other => other,
         })
+    }
+
+    /// The records written at `owner` as this update leaves them so far.
+    fn written_at(&mut self, owner: &[u8]) -> Result<&mut NameRecords, RegistryError> {
+        if !self.written.contains_key(owner) {
+            let current = self
+                .zone_view()?
+                .records()
+                .get(owner)
+                .map(|r| (**r).clone());
+            let records = current.unwrap_or_else(|| NameRecords {
+                owner: owner.into(),
+                sets: Vec::new(),
+            });
+            self.written.insert(owner.into(), records);
+        }
+        self.written.get_mut(owner).ok_or_else(bad_name)
+    }
+
+    /// The addresses written at `name` (its A and AAAA records), as this update
+    /// leaves them so far.
+    fn written_addresses(&mut self, name: &Name) -> Result<Vec<IpAddr>, RegistryError> {
+        let owner: Box<[u8]> = wire_name(name)?.as_wire().into();
+        let records = self.written_at(&owner)?;
+        Ok([RecordType::A, RecordType::AAAA]
+            .into_iter()
+            .filter_map(|t| records.set(u16::from(t)))
+            .flat_map(|set| set.rdata.iter().map(|rdata| (set.record_type, rdata)))
+            .filter_map(|(t, rdata)| rdata_of(t, rdata).ip_addr())
+            .collect())
+    }
+
+    /// Applies a change at a name that is no instance's: to the records written
+    /// there (RFC 2136 §3.4.2.2-4).
+    fn write(&mut self, record: &Record) -> Result<(), RegistryError> {
+        let zone = &self.update.zone;
+        let owner: Box<[u8]> = wire_name(&record.name)?.as_wire().into();
+        let record_type = record.record_type();
+        if zone.zone().has_static_name(&owner) {
+            return Err(refused(format!(
+                "{} belongs to the zone file (its apex, a name it gives records, or one above them)",
+                record.name
+            )));
+        }
+        // ANY here is a deletion of every set (class ANY); the form check let no
+        // other through.
+        if record_type != RecordType::ANY && !is_writable(record_type) {
+            return Err(unsupported(record));
+        }
+        let label = taken_label(&owner, zone.zone().origin_wire().len());
+        if let Some(service) = label.as_deref() {
+            if self.zone_view()?.has_service(service) {
+                return Err(refused(format!(
+                    "{} is among the names of registered service {service}",
+                    record.name
+                )));
+            }
+        }
+        if !self.update.grant.allows(label.as_deref().unwrap_or("")) {
+            return Err(refused(format!(
+                "the key may not write {} (its services do not match {})",
+                record.name,
+                label.as_deref().unwrap_or("a name outside every service")
+            )));
+        }
+        if self.zone_view()?.records().get(&owner).is_none()
+            && self.zone_view()?.records().len() + self.written.len() >= MAX_WRITTEN_NAMES
+        {
+            return Err(refused(format!(
+                "the zone holds {MAX_WRITTEN_NAMES} names written through UPDATE, the most it takes"
+            )));
+        }
+        let code = u16::from(record_type);
+        let cname = u16::from(RecordType::CNAME);
+        let records = self.written_at(&owner)?;
+        match record.dns_class {
+            DNSClass::IN => {
+                let rdata = canonical_rdata(&record.data).ok_or_else(|| unsupported(record))?;
+                let has_cname = records.set(cname).is_some();
+                let has_other = records.sets.iter().any(|set| set.record_type != cname);
+                // A CNAME stands alone at its name: an add that would break that is
+                // ignored, as RFC 2136 §3.4.2.2 says.
+                if (code == cname && has_other) || (code != cname && has_cname) {
+                    return Ok(());
+                }
+                let ttl = record.ttl.min(MAX_DNS_TTL);
+                match records.sets.iter_mut().find(|set| set.record_type == code) {
+                    Some(set) if code == cname => {
+                        set.rdata = vec![rdata];
+                        set.ttl = ttl;
+                    }
+                    Some(set) => {
+                        if !set.rdata.contains(&rdata) {
+                            if set.rdata.len() >= MAX_RECORDS_PER_SET {
+                                return Err(refused(format!(
+                                    "{} {record_type} would have more than {MAX_RECORDS_PER_SET} records",
+                                    record.name
+                                )));
+                            }
+                            set.rdata.push(rdata);
+                        }
+                        set.ttl = ttl;
+                    }
+                    None => {
+                        records.sets.push(RecordSet {
+                            record_type: code,
+                            ttl,
+                            rdata: vec![rdata],
+                        });
+                        records.sets.sort_by_key(|set| set.record_type);
+                    }
+                }
+            }
+            DNSClass::ANY if record_type == RecordType::ANY => records.sets.clear(),
+            DNSClass::ANY => records.sets.retain(|set| set.record_type != code),
+            _ => {
+                let rdata = canonical_rdata(&record.data).ok_or_else(|| unsupported(record))?;
+                for set in records
+                    .sets
+                    .iter_mut()
+                    .filter(|set| set.record_type == code)
+                {
+                    set.rdata.retain(|existing| *existing != rdata);
+                }
+                records.sets.retain(|set| !set.rdata.is_empty());
+            }
+        }
+        Ok(())
     }
 
     /// The draft of `key`, from what is registered; `None` when nothing is.
@@ -332,11 +496,18 @@ impl<'u> Drafts<'u> {
         let record_type = record.record_type();
         let class = record.dns_class;
         let adding = class == DNSClass::IN;
-        match owner(&self.update.zone, &record.name)? {
+        match self.owner(&record.name)? {
             Owner::Instance { key, proto } => match (record_type, &record.data) {
                 (RecordType::SRV, RData::SRV(srv)) if adding => {
                     let target = srv.target.to_lowercase();
-                    let hosted = self.hosts.get(&target).cloned();
+                    let hosted = match self.hosts.get(&target) {
+                        Some(addresses) => Some(addresses.clone()),
+                        // A host whose addresses were written by an earlier update.
+                        None if origin_of(&self.update.zone).zone_of(&target) => {
+                            Some(self.written_addresses(&target)?).filter(|a| !a.is_empty())
+                        }
+                        None => None,
+                    };
                     let address_name = address_name(&self.update.zone, &key);
                     let draft = self.draft(&key, proto)?;
                     draft.proto = proto;
@@ -501,18 +672,9 @@ impl<'u> Drafts<'u> {
                 (_, false) if matches!(record_type, RecordType::PTR | RecordType::ANY) => {}
                 _ => return Err(unsupported(record)),
             },
-            Owner::Other => {
-                // A/AAAA at an SRV's target were taken as that instance's addresses;
-                // deleting at a name we do not keep deletes nothing.
-                let for_a_target = adding
-                    && record.data.ip_addr().is_some()
-                    && self.update.changes.iter().any(|other| {
-                        matches!(&other.data, RData::SRV(srv) if srv.target.to_lowercase() == record.name.to_lowercase())
-                    });
-                if adding && !for_a_target {
-                    return Err(unsupported(record));
-                }
-            }
+            // A/AAAA at an SRV's target are also that instance's addresses (taken
+            // in `new`), and are kept at their name too.
+            Owner::Other => self.write(record)?,
         }
         Ok(())
     }
@@ -524,7 +686,7 @@ impl<'u> Drafts<'u> {
         service: &Label,
         proto: Proto,
     ) -> Result<Option<Key>, RegistryError> {
-        Ok(match owner(&self.update.zone, target)? {
+        Ok(match self.owner(target)? {
             Owner::Instance { key, proto: p } if key.0 == *service && p == proto => Some(key),
             _ => None,
         })
@@ -541,7 +703,11 @@ impl<'u> Drafts<'u> {
             .origin()
             .to_string()
             .to_ascii_lowercase();
-        let mut steps = Vec::with_capacity(self.drafts.len());
+        let mut steps: Vec<Step> = self
+            .written
+            .into_values()
+            .map(|records| Step::Records { zone, records })
+            .collect();
         for ((service, id), draft) in self.drafts {
             if !self.update.grant.allows(service.as_str()) {
                 return Err(refused(format!(
@@ -665,6 +831,19 @@ fn owner(zone: &ServedZone, name: &Name) -> Result<Owner, RegistryError> {
 /// Whether `service` names can be the registry's in this zone (not a static record's).
 fn has_registry(zone: &ServedZone, service: &Label) -> bool {
     zone.zone().static_service_label(service.as_str()).is_none()
+}
+
+fn origin_of(zone: &ServedZone) -> &Name {
+    zone.zone().origin()
+}
+
+/// Types UPDATE may write at names that are no instance's: not the zone's own (SOA,
+/// NS: svcdns makes no delegations), not DNSSEC's (the zone is not signed).
+fn is_writable(record_type: RecordType) -> bool {
+    !matches!(
+        u16::from(record_type),
+        2 | 6 | 43 | 46 | 47 | 48 | 50 | 51 | 41 | 249..=255
+    )
 }
 
 /// `I.S.Z`, the name svcdns gives an instance's addresses.

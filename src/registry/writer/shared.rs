@@ -19,13 +19,18 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::{changed, key_of, send_reply, zone_origin, Ack, Command, Effect, StoreState, Writer};
+use super::{
+    changed, key_of, put_records, send_reply, zone_origin, Ack, Command, Effect, StoreState, Writer,
+};
 use crate::metrics;
 use crate::registry::model::Health;
+use crate::registry::records::NameRecords;
 use crate::registry::view::{Entry, InstanceRef};
 use crate::registry::watch::{Event, Reason};
-use crate::registry::{stored_instances, Admission, ConnectionId, InstanceKey, RegistryError};
-use crate::store::{Remote, RemoteChange, StoredInstance};
+use crate::registry::{
+    stored_instances, stored_records, Admission, ConnectionId, InstanceKey, RegistryError,
+};
+use crate::store::{owner_text, Remote, RemoteChange, StoredInstance, StoredRecords};
 
 /// Wait before committing again the removals of a closed connection's instances that
 /// the store did not take.
@@ -177,7 +182,29 @@ impl Writer {
             Remote::Reload {
                 revision,
                 instances,
+                records,
             } => {
+                let kept: std::collections::HashSet<(&str, &[u8])> = records
+                    .iter()
+                    .map(|stored| (stored.zone.as_str(), &*stored.records.owner))
+                    .collect();
+                let gone: Vec<StoredRecords> = stored_records(&self.view)
+                    .into_iter()
+                    .filter(|stored| {
+                        !kept.contains(&(stored.zone.as_str(), &*stored.records.owner))
+                    })
+                    .collect();
+                for stored in gone {
+                    let change = RemoteChange::DeleteRecords {
+                        zone: stored.zone,
+                        owner: stored.records.owner,
+                    };
+                    self.apply_remote_change(change, &mut events, &mut changed_zones);
+                }
+                for stored in records {
+                    let change = RemoteChange::Records(stored);
+                    self.apply_remote_change(change, &mut events, &mut changed_zones);
+                }
                 let kept: std::collections::HashSet<InstanceKey> =
                     instances.iter().map(StoredInstance::key).collect();
                 let gone: Vec<InstanceKey> = stored_instances(&self.view)
@@ -227,9 +254,22 @@ impl Writer {
         events: &mut Vec<Event>,
         changed_zones: &mut Vec<usize>,
     ) {
-        let key = match &change {
-            RemoteChange::Put(stored) => stored.key(),
-            RemoteChange::Delete(key) => key.clone(),
+        let key = match change {
+            RemoteChange::Put(ref stored) => stored.key(),
+            RemoteChange::Delete(ref key) => key.clone(),
+            RemoteChange::Records(stored) => {
+                return self.apply_remote_records(stored, changed_zones)
+            }
+            RemoteChange::DeleteRecords { zone, owner } => {
+                let stored = StoredRecords {
+                    zone,
+                    records: NameRecords {
+                        owner,
+                        sets: Vec::new(),
+                    },
+                };
+                return self.apply_remote_records(stored, changed_zones);
+            }
         };
         let owner = self
             .shared
@@ -272,6 +312,8 @@ impl Writer {
                 return;
             }
             RemoteChange::Put(stored) => stored,
+            // Taken apart above.
+            RemoteChange::Records(_) | RemoteChange::DeleteRecords { .. } => return,
         };
         let instance = registration.instance;
         let current = self.view.instance(&at).map(|(entry, h)| (entry.clone(), h));
@@ -322,6 +364,32 @@ impl Writer {
         });
         if health == Health::Critical {
             self.mark_remote(&at, health, events, changed_zones);
+        }
+    }
+
+    /// Records from the store (none: removed), left out with a warning when they do
+    /// not fit this node.
+    fn apply_remote_records(&mut self, stored: StoredRecords, changed_zones: &mut Vec<usize>) {
+        let Some(zone) = self.view.zone_index(&stored.zone) else {
+            warn!(zone = %stored.zone, "records from the store for a zone not served here are left out");
+            return;
+        };
+        let current = self
+            .view
+            .zone(zone)
+            .and_then(|z| z.records().get(&stored.records.owner));
+        let unchanged = match current {
+            Some(current) => **current == stored.records,
+            None => stored.records.sets.is_empty(),
+        };
+        if unchanged {
+            return;
+        }
+        match put_records(&mut self.view, &stored) {
+            Ok(()) => changed(changed_zones, zone),
+            Err(e) => {
+                warn!(zone = %stored.zone, owner = %owner_text(&stored.records.owner), error = %e, "records from the store do not fit this node and are left out")
+            }
         }
     }
 
