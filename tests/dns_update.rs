@@ -12,6 +12,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::bind_primary::BindPrimary;
 use common::*;
 use serde_json::json;
 
@@ -529,4 +530,104 @@ fn sighup_reads_the_keys_file_again_and_a_bad_one_stops_the_start() {
         stderr.contains("keys.yaml") && stderr.contains("hmac-md5"),
         "{stderr}"
     );
+}
+
+/// What `dig` says of `name`/`rtype`: the status and the answer records, sorted.
+fn answer_of(server: std::net::SocketAddr, name: &str, rtype: &str) -> (String, Vec<String>) {
+    let out = dig(server, &["+noall", "+comments", "+answer", name, rtype]);
+    let status = out
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or("no answer")
+        .to_string();
+    let mut records: Vec<String> = out
+        .lines()
+        .filter(|line| !line.starts_with(';') && !line.trim().is_empty())
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    records.sort();
+    (status, records)
+}
+
+#[test]
+fn updates_are_answered_as_bind_answers_them_where_the_rfc_leaves_room() {
+    let server = server_with_keys("");
+    let secret = "Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE=";
+    let bind = BindPrimary::start("svc.internal", "upd-key", secret);
+    // (what, the update, the query that shows its effect)
+    let cases = [
+        (
+            "a CNAME added beside data is ignored",
+            "update add h1.svc.internal. 60 A 10.0.0.1\nupdate add h1.svc.internal. 60 CNAME other.svc.internal.",
+            "h1.svc.internal ANY",
+        ),
+        (
+            "data added beside a CNAME is ignored; the CNAME is followed",
+            "update add c1.svc.internal. 60 CNAME h1.svc.internal.\nupdate add c1.svc.internal. 60 A 10.9.9.9",
+            "c1.svc.internal A",
+        ),
+        (
+            "deleting what is not there",
+            "update delete nothere.svc.internal. A 10.0.0.1",
+            "nothere.svc.internal A",
+        ),
+        (
+            "a value-dependent prerequisite with another value",
+            "prereq yxrrset h1.svc.internal. A 10.0.0.2\nupdate add h2.svc.internal. 60 A 10.0.0.2",
+            "h2.svc.internal A",
+        ),
+        (
+            "nxrrset on a set that exists",
+            "prereq nxrrset h1.svc.internal. A\nupdate add h2.svc.internal. 60 A 10.0.0.2",
+            "h2.svc.internal A",
+        ),
+        (
+            "a name below another makes it exist",
+            "update add a.b.svc.internal. 60 A 10.0.0.3",
+            "b.svc.internal A",
+        ),
+        (
+            "yxdomain on an empty non-terminal fails (it has no records)",
+            "prereq yxdomain b.svc.internal.\nupdate add h3.svc.internal. 60 A 10.0.0.3",
+            "h3.svc.internal A",
+        ),
+        (
+            "the same record added twice is one",
+            "update add h4.svc.internal. 60 A 10.0.0.4\nupdate add h4.svc.internal. 60 A 10.0.0.4",
+            "h4.svc.internal A",
+        ),
+        (
+            "a new TTL for a set applies to all of it",
+            "update add h4.svc.internal. 30 A 10.0.0.5",
+            "h4.svc.internal A",
+        ),
+        (
+            "an NS at the apex",
+            "update add svc.internal. 60 NS ns2.svc.internal.",
+            "svc.internal NS",
+        ),
+        (
+            "deleting one record of a set",
+            "update delete h4.svc.internal. A 10.0.0.4",
+            "h4.svc.internal A",
+        ),
+        (
+            "deleting a whole name",
+            "update delete h1.svc.internal.",
+            "h1.svc.internal A",
+        ),
+        ("a record with TTL 0", "update add t0.svc.internal. 0 A 10.0.0.6", "t0.svc.internal A"),
+    ];
+    for (what, commands, query) in cases {
+        let ours = nsupdate(server.dns, Some(KEY), commands);
+        let theirs = nsupdate(bind.dns, Some(KEY), commands);
+        assert_eq!(ours.trim(), theirs.trim(), "{what}: svcdns vs BIND");
+        let (name, rtype) = query.split_once(' ').expect("name and type");
+        assert_eq!(
+            answer_of(server.dns, name, rtype),
+            answer_of(bind.dns, name, rtype),
+            "{what}: what {query} answers afterwards, svcdns vs BIND"
+        );
+    }
 }

@@ -44,7 +44,8 @@ impl Member {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback TCP port free right now (UDP on it is almost always free too).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())

@@ -4,8 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod bind_primary;
 pub mod etcd_cluster;
 pub mod knot_secondary;
+
+pub use etcd_cluster::free_port;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
