@@ -30,6 +30,7 @@ use hickory_proto::rr::{DNSClass, RData, Record, RecordType, TSigResponseContext
 use tracing::{info, warn};
 
 use super::front::Responder;
+use crate::api::auth::Grant;
 use crate::registry::model::MAX_LEASE_SECS;
 use crate::registry::{Registry, RegistryError};
 use crate::throttle::LogThrottle;
@@ -164,8 +165,8 @@ impl Updates {
             mac,
             None,
         ));
-        let update = match self.check(request, key.grant.clone()) {
-            Ok(update) => update,
+        let (update, lease) = match self.check(request, key.grant.clone()) {
+            Ok(checked) => checked,
             Err((code, reason)) => {
                 info!(client = %source, key = %tsig.name, rcode = ?code, reason, "update refused");
                 return Outcome {
@@ -175,13 +176,6 @@ impl Updates {
                 };
             }
         };
-        let lease = update.lease.map(|lease| Lease {
-            lease,
-            key_lease: requested_lease(request)
-                .ok()
-                .flatten()
-                .and_then(|asked| asked.key_lease),
-        });
         let result = self
             .registry
             .transaction(Box::new(move |view| update.decide(view)))
@@ -210,12 +204,13 @@ impl Updates {
     }
 
     /// RFC 2136 §3.1, §3.2.1-2 and §3.4.1: the zone is ours and every record of the
-    /// prerequisite and update sections is well formed and within it.
+    /// prerequisite and update sections is well formed and within it. Returns the
+    /// update and the lease granted, if one was asked for.
     fn check(
         &self,
         request: &Message,
-        grant: crate::api::auth::Grant,
-    ) -> Result<Update, (ResponseCode, String)> {
+        grant: Grant,
+    ) -> Result<(Update, Option<Lease>), (ResponseCode, String)> {
         let formerr = |reason: String| (ResponseCode::FormErr, reason);
         let [zone_query] = request.queries.as_slice() else {
             return Err(formerr("the zone section must hold one zone".into()));
@@ -283,16 +278,22 @@ impl Updates {
                 )));
             }
         }
+        // Granted as asked, within what a registration may have; the key lease is
+        // echoed, since svcdns keeps no KEY records for it to govern.
         let lease = requested_lease(request)
             .map_err(formerr)?
-            .map(|asked| asked.lease.clamp(1, MAX_LEASE_SECS));
-        Ok(Update {
+            .map(|asked| Lease {
+                lease: asked.lease.clamp(1, MAX_LEASE_SECS),
+                key_lease: asked.key_lease,
+            });
+        let update = Update {
             zone,
             prerequisites: request.answers.clone(),
             changes: request.authorities.clone(),
             grant,
-            lease,
-        })
+            lease: lease.map(|granted| granted.lease),
+        };
+        Ok((update, lease))
     }
 }
 
@@ -371,5 +372,58 @@ fn warn_refused(source: SocketAddr, reason: &str) {
     static THROTTLE: LogThrottle = LogThrottle::new(REFUSAL_WARNING_INTERVAL);
     if let Some(suppressed) = THROTTLE.admit() {
         warn!(client = %source, reason, similar_since_last_warning = suppressed, "update refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::rr::rdata::opt::EdnsOption;
+
+    use super::*;
+
+    fn with_lease_option(data: &[u8]) -> Message {
+        let mut message = Message::new(1, MessageType::Query, OpCode::Update);
+        let mut edns = Edns::new();
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(u16::from(EdnsCode::UL), data.to_vec()));
+        message.set_edns(edns);
+        message
+    }
+
+    #[test]
+    fn an_update_lease_has_4_or_8_bytes() {
+        assert_eq!(
+            requested_lease(&with_lease_option(&[0, 0, 0, 30])),
+            Ok(Some(Lease {
+                lease: 30,
+                key_lease: None
+            }))
+        );
+        assert_eq!(
+            requested_lease(&with_lease_option(&[0, 0, 0, 30, 0, 1, 0, 0])),
+            Ok(Some(Lease {
+                lease: 30,
+                key_lease: Some(65536)
+            }))
+        );
+        let error = requested_lease(&with_lease_option(&[0, 0, 30])).unwrap_err();
+        assert!(error.contains("3 bytes"), "{error}");
+        let without = Message::new(1, MessageType::Query, OpCode::Update);
+        assert_eq!(requested_lease(&without), Ok(None));
+    }
+
+    #[test]
+    fn only_update_requests_are_taken() {
+        let mut update = Message::new(7, MessageType::Query, OpCode::Update)
+            .to_vec()
+            .unwrap();
+        assert!(is_update(&update));
+        update[2] |= 0x80;
+        assert!(!is_update(&update), "a response");
+        let query = Message::new(7, MessageType::Query, OpCode::Query)
+            .to_vec()
+            .unwrap();
+        assert!(!is_update(&query));
+        assert!(!is_update(&[0, 1]));
     }
 }
