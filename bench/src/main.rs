@@ -1,5 +1,5 @@
 //! svcdns benchmarks, each one command, on loopback only, bounded in time, printing a
-//! table: `registrations`, `scale`, `churn`, `dns`, `durable`, `etcd`, `soak`, `transfer`. Run through `bench/<name>` at the
+//! table: `registrations`, `scale`, `churn`, `dns`, `durable`, `etcd`, `soak`, `transfer`, `update`. Run through `bench/<name>` at the
 //! repository root, which builds the release binaries first. `hold --size N` loads the
 //! scale dataset of N instances into a server and keeps it until stdin closes, for
 //! profiling by hand.
@@ -15,6 +15,7 @@ mod scale;
 mod server;
 mod soak;
 mod transfer;
+mod update;
 
 use std::process::ExitCode;
 
@@ -29,10 +30,11 @@ fn main() -> ExitCode {
         Some("etcd") => etcd::run(&args[1..]),
         Some("soak") => soak::run(&args[1..]),
         Some("transfer") => transfer::run(&args[1..]),
+        Some("update") => update::run(&args[1..]),
         Some("hold") => scale::hold(&args[1..]),
         _ => {
             eprintln!(
-                "usage: svcdns-bench registrations|scale|churn|dns|durable|etcd|soak|transfer|hold [options]"
+                "usage: svcdns-bench registrations|scale|churn|dns|durable|etcd|soak|transfer|update|hold [options]"
             );
             return ExitCode::FAILURE;
         }
