@@ -437,13 +437,16 @@ update.add("printer._ipp._tcp.svc.internal.", 30, "SRV", "0 0 631 host.svc.inter
 update.add("printer._ipp._tcp.svc.internal.", 30, "TXT", "rp=ipp/print")
 update.add("_ipp._tcp.svc.internal.", 30, "PTR", "printer._ipp._tcp.svc.internal.")
 update.add("host.svc.internal.", 30, "AAAA", "fd00::9")
+if len(sys.argv) > 3:
+    update.add(sys.argv[3], 30, "TXT", "other")
 update.use_edns(0, 0, 1232, options=[dns.edns.GenericOption(2, struct.pack("!II", lease, 7 * 86400))])
 response = dns.query.udp(update, "127.0.0.1", port=port, timeout=5)
 leases = [o.data.hex() for o in response.options if o.otype == 2]
 print(dns.rcode.to_text(response.rcode()), *leases)
 "#;
 
-fn leased_update(server: &Svcdns, lease: u32) -> String {
+/// Sends LEASED_UPDATE with `lease`, and a TXT at each of `others` too.
+fn leased_update(server: &Svcdns, lease: u32, others: &[&str]) -> String {
     let output = Command::new("/usr/bin/python3")
         .args([
             "-c",
@@ -451,6 +454,7 @@ fn leased_update(server: &Svcdns, lease: u32) -> String {
             &server.dns.port().to_string(),
             &lease.to_string(),
         ])
+        .args(others)
         .output()
         .expect("python3 must be installed, with python3-dnspython");
     assert!(
@@ -465,7 +469,7 @@ fn leased_update(server: &Svcdns, lease: u32) -> String {
 fn an_update_lease_is_granted_renewed_by_the_next_update_and_runs_out() {
     let server = server_with_keys("");
     // Granted as asked, key lease echoed (RFC 9664 §4.2): 3 s and 7 days.
-    assert_eq!(leased_update(&server, 3), "NOERROR 0000000300093a80");
+    assert_eq!(leased_update(&server, 3, &[]), "NOERROR 0000000300093a80");
     let name = "printer.ipp.svc.internal";
     assert_eq!(short(&server, name, "AAAA"), ["fd00::9"]);
     let listed = server
@@ -481,7 +485,7 @@ fn an_update_lease_is_granted_renewed_by_the_next_update_and_runs_out() {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(leased_update(&server, 3), "NOERROR 0000000300093a80");
+        assert_eq!(leased_update(&server, 3, &[]), "NOERROR 0000000300093a80");
         assert_eq!(short(&server, name, "AAAA"), ["fd00::9"], "renewed");
     }
     // ...without changing the zone: a refresh moves no serial.
@@ -494,6 +498,15 @@ fn an_update_lease_is_granted_renewed_by_the_next_update_and_runs_out() {
     );
     let srv = dig(server.dns, &["_ipp._tcp.svc.internal", "SRV"]);
     assert!(srv.contains("status: NXDOMAIN"), "{srv}");
+    // The host's address went with its instance: nothing outlives the lease.
+    let host = dig(server.dns, &["host.svc.internal", "AAAA"]);
+    assert!(host.contains("status: NXDOMAIN"), "{host}");
+    // A record that could not expire with the lease is refused, not kept forever.
+    assert_eq!(
+        leased_update(&server, 3, &["note.svc.internal."]),
+        "REFUSED"
+    );
+    assert!(short(&server, name, "AAAA").is_empty(), "refused whole");
 }
 
 #[test]

@@ -16,7 +16,9 @@
 //! Deleting an instance's SRV (or its name, or every address it has) deregisters it.
 //! Records at other names (a host's A, an ACME challenge's TXT, a CNAME) are kept as
 //! written (`registry::records`), except at names the zone file or a registered
-//! service holds, and except the zone's own types (SOA, NS) and DNSSEC's.
+//! service holds, and except the zone's own types (SOA, NS) and DNSSEC's. Written
+//! records have no lease: in an update with one, only the SRV targets' addresses are
+//! taken (as the instances'), and other records are refused.
 //!
 //! Everything here runs on the writer's thread, on the view the update is applied
 //! to, so the prerequisites still hold when the changes are made (RFC 2136 §3.2,
@@ -235,6 +237,8 @@ struct Drafts<'u> {
     services: HashSet<Label>,
     /// Addresses given at other names, by name: the SRV targets' in this update.
     hosts: HashMap<Name, Vec<IpAddr>>,
+    /// The targets of this update's SRVs (lowercase).
+    targets: HashSet<Name>,
     drafts: BTreeMap<Key, Draft>,
     /// The records written at other names, as they become, by owner (wire form).
     written: BTreeMap<Box<[u8]>, NameRecords>,
@@ -247,14 +251,16 @@ impl<'u> Drafts<'u> {
             view,
             services: HashSet::new(),
             hosts: HashMap::new(),
+            targets: HashSet::new(),
             drafts: BTreeMap::new(),
             written: BTreeMap::new(),
         };
         for record in &update.changes {
-            if let (Owner::Instance { key, .. }, RecordType::SRV) =
-                (drafts.owner(&record.name)?, record.record_type())
+            if let (Owner::Instance { key, .. }, RData::SRV(srv)) =
+                (drafts.owner(&record.name)?, &record.data)
             {
                 drafts.services.insert(key.0);
+                drafts.targets.insert(srv.target.to_lowercase());
             }
         }
         for record in &update.changes {
@@ -322,6 +328,27 @@ impl<'u> Drafts<'u> {
             .flat_map(|set| set.rdata.iter().map(|rdata| (set.record_type, rdata)))
             .filter_map(|(t, rdata)| rdata_of(t, rdata).ip_addr())
             .collect())
+    }
+
+    /// A record at a name that is no instance's, in an update with a lease: an SRP
+    /// client's host (RFC 9665), whose addresses are its instances' and must expire
+    /// with them. Written records have no lease, so they are not kept: the host's A
+    /// and AAAA were taken as the instances' addresses, its KEY is not kept (svcdns
+    /// checks no SIG(0)), and anything else is refused rather than kept forever.
+    fn leased_host(&self, record: &Record) -> Result<(), RegistryError> {
+        let host = self.targets.contains(&record.name.to_lowercase());
+        let taken = matches!(
+            record.record_type(),
+            RecordType::A | RecordType::AAAA | RecordType::KEY
+        ) || record.dns_class != DNSClass::IN;
+        if host && taken {
+            return Ok(());
+        }
+        Err(refused(format!(
+            "{} {}: an update lease applies to service instances and their hosts' addresses; records at other names cannot expire, so send them without a lease",
+            record.name,
+            record.record_type()
+        )))
     }
 
     /// Applies a change at a name that is no instance's: to the records written
@@ -673,7 +700,8 @@ impl<'u> Drafts<'u> {
                 _ => return Err(unsupported(record)),
             },
             // A/AAAA at an SRV's target are also that instance's addresses (taken
-            // in `new`), and are kept at their name too.
+            // in `new`), and are kept at their name too; see `leased_host`.
+            Owner::Other if self.update.lease.is_some() => self.leased_host(record)?,
             Owner::Other => self.write(record)?,
         }
         Ok(())
