@@ -11,6 +11,7 @@
 //! and a rendering of the changed ones, never a rendering of the zone.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use hickory_proto::rr::RecordType;
 
@@ -18,9 +19,7 @@ use super::naming::{self, Resolution};
 use super::records::{self, Rec, Sampling, Sink};
 use super::wire::{NameRef, WireName};
 use super::zone::{Negative, ServedZone};
-use std::sync::Arc;
-
-use crate::registry::records::NameRecords;
+use crate::registry::records::{NameRecords, ZoneRecords};
 use crate::registry::view::Service;
 use crate::registry::{Label, Proto, View, ZoneView};
 
@@ -244,23 +243,15 @@ pub fn difference(zone: &ServedZone, old: &ZoneView, new: &ZoneView) -> Differen
         }
         merge(&mut before, &mut after, &mut difference);
     }
-    // Records written through DNS UPDATE: owners whose records are not shared.
+    // Records written through DNS UPDATE: owners whose records are not shared (none
+    // at all, at the cost of one comparison, when the versions share the records).
     let old_written = old.records();
     let new_written = new.records();
-    let changed_owners = new_written
-        .iter()
-        .filter(|records| {
-            old_written
-                .get(&records.owner)
-                .is_none_or(|before| !Arc::ptr_eq(before, records))
-        })
-        .chain(
-            old_written
-                .iter()
-                .filter(|records| new_written.get(&records.owner).is_none()),
-        )
-        .map(|records| records.owner.clone())
-        .collect::<Vec<_>>();
+    let changed_owners = if old_written.is_same(new_written) {
+        Vec::new()
+    } else {
+        written_changes(old_written, new_written)
+    };
     for owner in changed_owners {
         let mut before = written_records(old_written.get(&owner).map(|r| &**r).into_iter());
         let mut after = written_records(new_written.get(&owner).map(|r| &**r).into_iter());
@@ -269,6 +260,22 @@ pub fn difference(zone: &ServedZone, old: &ZoneView, new: &ZoneView) -> Differen
     difference.removed.sort();
     difference.added.sort();
     difference
+}
+
+/// The owners whose written records differ between two versions: a pointer
+/// comparison per owner, since an unchanged owner's records are shared.
+fn written_changes(old: &ZoneRecords, new: &ZoneRecords) -> Vec<Box<[u8]>> {
+    let changed = new.iter().filter(|records| {
+        old.get(&records.owner)
+            .is_none_or(|before| !Arc::ptr_eq(before, records))
+    });
+    let gone = old
+        .iter()
+        .filter(|records| new.get(&records.owner).is_none());
+    changed
+        .chain(gone)
+        .map(|records| records.owner.clone())
+        .collect()
 }
 
 /// Adds to `difference` the records only in `before` (removed) and only in `after`

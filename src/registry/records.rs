@@ -60,6 +60,12 @@ impl ZoneRecords {
         self.by_owner.is_empty()
     }
 
+    /// Whether `other` is this very version (a cheap test: versions share their
+    /// maps until one is changed), so comparing the two can be skipped.
+    pub fn is_same(&self, other: &ZoneRecords) -> bool {
+        self.by_owner.ptr_eq(&other.by_owner)
+    }
+
     /// Whether records exist below `name` (so it exists, as an empty non-terminal).
     pub fn is_ancestor(&self, name: &[u8]) -> bool {
         self.ancestors.contains_key(name)
