@@ -407,7 +407,7 @@ impl ZoneView {
 
     /// Bytes of the origin's wire form (the registry's origins are fully qualified
     /// and lowercase, one dot per label plus the root).
-    fn origin_wire_len(&self) -> usize {
+    pub fn origin_wire_len(&self) -> usize {
         let origin = self.origin().trim_end_matches('.');
         if origin.is_empty() {
             1

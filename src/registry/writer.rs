@@ -976,8 +976,7 @@ pub(super) fn put_records(view: &mut View, stored: &StoredRecords) -> Result<(),
         .ok_or_else(|| RegistryError::UnknownZone(stored.zone.clone()))?;
     let zone_view = view.zone(zone).ok_or(RegistryError::Unavailable)?;
     if !stored.records.sets.is_empty() {
-        let origin_len = stored.zone.trim_end_matches('.').len() + 2;
-        if let Some(service) = taken_label(&stored.records.owner, origin_len)
+        if let Some(service) = taken_label(&stored.records.owner, zone_view.origin_wire_len())
             .filter(|service| zone_view.has_service(service))
         {
             return Err(RegistryError::RecordConflict {

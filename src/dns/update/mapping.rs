@@ -32,11 +32,11 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
-use super::super::records::rdata_of;
-use super::super::wire::WireName;
-use super::super::zone::{canonical_rdata, Negative, ServedZone};
-use super::super::zone_records::records_at;
 use crate::api::auth::Grant;
+use crate::dns::records::rdata_of;
+use crate::dns::wire::WireName;
+use crate::dns::zone::{canonical_rdata, Negative, ServedZone};
+use crate::dns::zone_records::records_at;
 use crate::registry::model::MAX_DNS_TTL;
 use crate::registry::records::{taken_label, NameRecords, RecordSet};
 use crate::registry::{
