@@ -1039,8 +1039,9 @@ fn not_found(at: &InstanceRef) -> RegistryError {
 #[cfg(test)]
 mod tests {
     //! The writer against a model of what the registry should hold: after any
-    //! sequence of registrations, renewals, deregistrations, marks, closed connections
-    //! and leases running out, applied in batches of any size, exactly the live and
+    //! sequence of registrations, renewals, deregistrations, marks, closed connections,
+    //! transactions (all of their steps or, when one fails, none) and leases running
+    //! out, applied in batches of any size, exactly the live and
     //! healthy instances are in the answer groups DNS reads, the listing shows every
     //! live one, and each connection holds exactly its ephemeral instances.
     //!
@@ -1076,10 +1077,17 @@ mod tests {
         Deregister(Key),
         Mark(Key, Health),
         Release(ConnectionId),
+        /// A transaction (as a DNS UPDATE makes): puts `(key, address, ttl)` and
+        /// removes, in order; with `fail`, a last step the writer refuses (port 0),
+        /// so that none of them may be made.
+        Transaction {
+            steps: Vec<(Key, Option<(u8, Option<u32>)>)>,
+            fail: bool,
+        },
     }
 
     #[derive(Debug, Clone)]
-    enum Step {
+    enum TestStep {
         Batch(Vec<Op>),
         /// Time passes: the writer wakes (as at a lease deadline) and expires.
         Advance(u64),
@@ -1100,13 +1108,21 @@ mod tests {
             1 => (key(), prop_oneof![Just(Health::Healthy), Just(Health::Critical)])
                 .prop_map(|(key, health)| Op::Mark(key, health)),
             1 => (1u64..4).prop_map(Op::Release),
+            1 => (
+                prop::collection::vec(
+                    (key(), prop::option::of((1u8..4, prop_oneof![Just(None), (1u32..4).prop_map(Some)]))),
+                    1..4,
+                ),
+                prop::bool::weighted(0.3),
+            )
+                .prop_map(|(steps, fail)| Op::Transaction { steps, fail }),
         ]
     }
 
-    fn step() -> impl Strategy<Value = Step> {
+    fn step() -> impl Strategy<Value = TestStep> {
         prop_oneof![
-            3 => prop::collection::vec(op(), 1..6).prop_map(Step::Batch),
-            1 => (1u64..2500).prop_map(Step::Advance),
+            3 => prop::collection::vec(op(), 1..6).prop_map(TestStep::Batch),
+            1 => (1u64..2500).prop_map(TestStep::Advance),
         ]
     }
 
@@ -1205,6 +1221,32 @@ mod tests {
                         added.remove(&connection);
                         Ok(None)
                     }
+                    Op::Transaction { ref steps, fail } => {
+                        if fail {
+                            return Err("invalid_port");
+                        }
+                        for &(key, put) in steps {
+                            match put {
+                                Some((address, ttl)) => {
+                                    self.live.insert(
+                                        key,
+                                        Live {
+                                            address,
+                                            ttl,
+                                            deadline_ms: ttl
+                                                .map(|ttl| now_ms + u64::from(ttl) * 1000),
+                                            owner: None,
+                                            health: Health::Healthy,
+                                        },
+                                    );
+                                }
+                                None => {
+                                    self.live.remove(&key);
+                                }
+                            }
+                        }
+                        Ok(None)
+                    }
                 })
                 .collect();
             self.expire(now_ms);
@@ -1260,24 +1302,7 @@ mod tests {
                 connection,
             } => {
                 let (reply, waiting) = oneshot::channel();
-                let instance = Instance {
-                    id: label(IDS[key.1], LabelKind::Id),
-                    addresses: Box::new([IpAddr::V4(Ipv4Addr::new(10, 0, 0, address))]),
-                    port: 80,
-                    proto: Proto::Tcp,
-                    priority: 0,
-                    weight: 0,
-                    tags: Box::new([]),
-                    meta: Meta::default(),
-                    dns_ttl: None,
-                    ttl,
-                    ephemeral,
-                };
-                let registration = Registration {
-                    zone: "svc.internal.".into(),
-                    service: label(SERVICES[key.0], LabelKind::Service),
-                    instance,
-                };
+                let registration = registration(key, address, ttl, ephemeral, 80);
                 // The protocol names the connection of every registration.
                 let command = Command::Register {
                     zone: 0,
@@ -1314,6 +1339,57 @@ mod tests {
                 )
             }
             Op::Release(connection) => (Command::Release { connection }, Waiting::Nothing),
+            Op::Transaction { steps, fail } => {
+                let mut planned: Vec<super::Step> = steps
+                    .iter()
+                    .map(|&(key, put)| match put {
+                        Some((address, ttl)) => super::Step::Put {
+                            zone: 0,
+                            registration: registration(key, address, ttl, false, 80),
+                        },
+                        None => super::Step::Remove(at(key)),
+                    })
+                    .collect();
+                if fail {
+                    planned.push(super::Step::Put {
+                        zone: 0,
+                        registration: registration((0, 0), 1, None, false, 0),
+                    });
+                }
+                let (reply, waiting) = oneshot::channel();
+                let decide: Decide = Box::new(move |_| Ok(planned.clone()));
+                (
+                    Command::Transaction { decide, reply },
+                    Waiting::Unit(waiting),
+                )
+            }
+        }
+    }
+
+    fn registration(
+        key: Key,
+        address: u8,
+        ttl: Option<u32>,
+        ephemeral: bool,
+        port: u16,
+    ) -> Registration {
+        let instance = Instance {
+            id: label(IDS[key.1], LabelKind::Id),
+            addresses: Box::new([IpAddr::V4(Ipv4Addr::new(10, 0, 0, address))]),
+            port,
+            proto: Proto::Tcp,
+            priority: 0,
+            weight: 0,
+            tags: Box::new([]),
+            meta: Meta::default(),
+            dns_ttl: None,
+            ttl,
+            ephemeral,
+        };
+        Registration {
+            zone: "svc.internal.".into(),
+            service: label(SERVICES[key.0], LabelKind::Service),
+            instance,
         }
     }
 
@@ -1433,12 +1509,12 @@ mod tests {
             let mut now_ms = 0;
             for step in &steps {
                 match step {
-                    Step::Advance(ms) => {
+                    TestStep::Advance(ms) => {
                         now_ms += ms;
                         writer.apply_at(&mut Vec::new(), epoch + Duration::from_millis(now_ms));
                         model.expire(now_ms);
                     }
-                    Step::Batch(ops) => {
+                    TestStep::Batch(ops) => {
                         let (mut batch, waiting): (Vec<Command>, Vec<Waiting>) =
                             ops.iter().map(command).unzip();
                         writer.apply_at(&mut batch, epoch + Duration::from_millis(now_ms));
