@@ -1081,10 +1081,14 @@ mod tests {
         /// removes, in order; with `fail`, a last step the writer refuses (port 0),
         /// so that none of them may be made.
         Transaction {
-            steps: Vec<(Key, Option<(u8, Option<u32>)>)>,
+            steps: Vec<TxStep>,
             fail: bool,
         },
     }
+
+    /// A transaction's step: put the instance at `Key` with (address, ttl), or
+    /// (`None`) remove it.
+    type TxStep = (Key, Option<(u8, Option<u32>)>);
 
     #[derive(Debug, Clone)]
     enum TestStep {
