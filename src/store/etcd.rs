@@ -3,7 +3,8 @@
 //!
 //! Layout: `<prefix>reg/<zone>/<service>/<id>` holds an instance in the same JSON
 //! as `data_dir` does (with its health); `<prefix>rec/<zone>/<owner>` holds the
-//! records written at an owner name through DNS UPDATE that are not instances. An instance with a `ttl` is attached to an
+//! records written at an owner name through DNS UPDATE that are not instances.
+//! An instance with a `ttl` is attached to an
 //! etcd lease of that TTL, which a renewal keeps alive; an ephemeral instance is
 //! attached to its node's lease, kept alive while the node runs, so a node that dies
 //! takes its ephemeral instances with it after `etcd.lease_ttl`. etcd removes the
