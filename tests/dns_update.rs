@@ -173,6 +173,11 @@ fn a_failed_prerequisite_or_a_bad_change_changes_nothing() {
             "REFUSED",
         ),
         ("update add web1.example.org. 60 A 10.0.0.7", "NOTZONE"),
+        // A pointer out of the zone names no instance of ours (and crashes nothing).
+        (
+            "update add _canary._sub._http._tcp.svc.internal. 60 PTR org.\nupdate add _http._tcp.svc.internal. 60 PTR a.b.c.example.org.",
+            "REFUSED",
+        ),
     ];
     for (commands, rcode) in cases {
         let out = nsupdate(server.dns, Some(KEY), commands);
@@ -447,14 +452,17 @@ print(dns.rcode.to_text(response.rcode()), *leases)
 
 /// Sends LEASED_UPDATE with `lease`, and a TXT at each of `others` too.
 fn leased_update(server: &Svcdns, lease: u32, others: &[&str]) -> String {
+    let mut args = vec![lease.to_string()];
+    args.extend(others.iter().map(|other| other.to_string()));
+    dnspython(server, LEASED_UPDATE, &args)
+}
+
+/// Runs a dnspython `script` (Debian's python3-dnspython) with the server's DNS port
+/// and `args` as its arguments; what it printed.
+fn dnspython(server: &Svcdns, script: &str, args: &[String]) -> String {
     let output = Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            LEASED_UPDATE,
-            &server.dns.port().to_string(),
-            &lease.to_string(),
-        ])
-        .args(others)
+        .args(["-c", script, &server.dns.port().to_string()])
+        .args(args)
         .output()
         .expect("python3 must be installed, with python3-dnspython");
     assert!(
@@ -463,6 +471,41 @@ fn leased_update(server: &Svcdns, lease: u32, others: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Adds one record given in presentation form (RFC 3597's `\# 3 abcdef` for any
+/// type), or `empty`: no RDATA at all.
+const GENERIC_ADD: &str = r#"
+import sys, dns.update, dns.query, dns.tsigkeyring, dns.rcode, dns.rdata, dns.rdataclass, dns.rdatatype
+port, name, rtype, data = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+keyring = dns.tsigkeyring.from_text({"upd-key.": "Ly0y+VtSJ17dXR8aErXiONoocf7n2l6uDkMvE7Rk5tE="})
+update = dns.update.UpdateMessage("svc.internal.", keyring=keyring, keyalgorithm="hmac-sha256")
+if data == "empty":
+    rdata = dns.rdata.GenericRdata(dns.rdataclass.IN, dns.rdatatype.from_text(rtype), b"")
+else:
+    rdata = dns.rdata.from_text("IN", rtype, data)
+update.add(name, 60, rdata)
+print(dns.rcode.to_text(dns.query.tcp(update, "127.0.0.1", port=port, timeout=5).rcode()))
+"#;
+
+#[test]
+fn records_without_data_are_malformed_and_unknown_types_are_kept_opaque() {
+    let server = server_with_keys("");
+    let add = |name: &str, rtype: &str, data: &str| {
+        let args = [name, rtype, data].map(str::to_string);
+        dnspython(&server, GENERIC_ADD, &args)
+    };
+    assert_eq!(add("empty.svc.internal.", "A", "empty"), "FORMERR");
+    assert_eq!(add("empty.svc.internal.", "TYPE65280", "empty"), "FORMERR");
+    let gone = dig(server.dns, &["empty.svc.internal", "A"]);
+    assert!(gone.contains("status: NXDOMAIN"), "{gone}");
+    // A type neither svcdns nor hickory knows is kept and answered as it came.
+    assert_eq!(
+        add("opaque.svc.internal.", "TYPE65280", r"\# 3 abcdef"),
+        "NOERROR"
+    );
+    let out = dig(server.dns, &["+short", "opaque.svc.internal", "TYPE65280"]);
+    assert_eq!(out.trim(), r"\# 3 ABCDEF");
 }
 
 #[test]

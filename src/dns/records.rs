@@ -190,6 +190,11 @@ pub fn rdata_of(record_type: u16, bytes: &[u8]) -> RData {
     let mut decoder = BinDecoder::new(bytes);
     match RData::read(&mut decoder, code, Restrict::new(bytes.len() as u16)) {
         Ok(rdata) if decoder.is_empty() => rdata,
+        // `NULL::with` asserts its data is not empty; empty RDATA is valid (RFC 3597).
+        _ if bytes.is_empty() => RData::Unknown {
+            code,
+            rdata: NULL::new(),
+        },
         _ => RData::Unknown {
             code,
             rdata: NULL::with(bytes.to_vec()),
@@ -531,6 +536,23 @@ fn service_type_name<'a>(origin: &'a [u8], service: &'a Label, proto: Proto) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_rdata_reads_back_even_empty_or_unknown() {
+        // Found by fuzzing dns_update: an empty RDATA of a type hickory reads as NULL.
+        assert!(matches!(
+            rdata_of(10, &[]),
+            RData::Unknown { .. } | RData::NULL(_)
+        ));
+        assert!(matches!(rdata_of(65280, &[]), RData::Unknown { .. }));
+        assert!(matches!(rdata_of(65280, &[1, 2]), RData::Unknown { .. }));
+        assert_eq!(
+            rdata_of(1, &[10, 0, 0, 1]).ip_addr(),
+            Some([10, 0, 0, 1].into())
+        );
+        // A that is not 4 bytes stays opaque rather than being misread.
+        assert!(matches!(rdata_of(1, &[10, 0, 0]), RData::Unknown { .. }));
+    }
 
     #[test]
     fn random_indices_are_distinct_and_in_range() {

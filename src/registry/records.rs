@@ -103,7 +103,7 @@ impl ZoneRecords {
         // Every suffix of the owner longer than the origin, the owner itself left out.
         while let Some(&len) = owner.get(at) {
             at += 1 + usize::from(len);
-            if owner.len() - at <= origin_len {
+            if owner.len().saturating_sub(at) <= origin_len {
                 break;
             }
             add(&mut self.ancestors, owner[at..].into(), delta);

@@ -787,9 +787,14 @@ impl<'u> Drafts<'u> {
     }
 }
 
-/// Where `name` falls in our naming scheme (it is within the zone: checked before).
+/// Where `name` falls in our naming scheme; a name outside the zone is `Other`.
 fn owner(zone: &ServedZone, name: &Name) -> Result<Owner, RegistryError> {
-    let relative = name.num_labels() as usize - zone.zone().origin().num_labels() as usize;
+    // Update names were checked to be in the zone; a PTR's target need not be.
+    let origin = zone.zone().origin();
+    if !origin.zone_of(name) {
+        return Ok(Owner::Other);
+    }
+    let relative = usize::from(name.num_labels() - origin.num_labels());
     let labels: Vec<String> = name
         .iter()
         .take(relative)

@@ -240,14 +240,19 @@ impl Updates {
                 )
             })
         };
-        let empty = |record: &Record| matches!(record.data, RData::Update0(_)) && record.ttl == 0;
+        // hickory reads any record with no RDATA as `Update0`: right for deletions and
+        // existence prerequisites, malformed for data to add or compare.
+        let no_data = |record: &Record| matches!(record.data, RData::Update0(_));
+        let empty = |record: &Record| no_data(record) && record.ttl == 0;
         for record in &request.answers {
             if let Some(refusal) = outside(record) {
                 return Err(refusal);
             }
             let well_formed = match record.dns_class {
                 DNSClass::ANY | DNSClass::NONE => empty(record),
-                DNSClass::IN => record.ttl == 0 && !is_meta(record.record_type()),
+                DNSClass::IN => {
+                    record.ttl == 0 && !is_meta(record.record_type()) && !no_data(record)
+                }
                 _ => false,
             };
             if !well_formed {
@@ -264,7 +269,9 @@ impl Updates {
             }
             let record_type = record.record_type();
             let well_formed = match record.dns_class {
-                DNSClass::IN => !is_meta(record_type) && record_type != RecordType::ANY,
+                DNSClass::IN => {
+                    !is_meta(record_type) && record_type != RecordType::ANY && !no_data(record)
+                }
                 DNSClass::ANY => empty(record) && !is_meta(record_type),
                 DNSClass::NONE => {
                     record.ttl == 0 && !is_meta(record_type) && record_type != RecordType::ANY
