@@ -99,6 +99,9 @@ pub enum RegistryError {
     },
     #[error("the change was not made: the store cannot take it ({0}); DNS still answers from memory, try again")]
     StoreUnavailable(String),
+    /// A request failed for a reason of ours, not the client's (a bug, logged).
+    #[error("{0}")]
+    Failed(String),
     /// A transaction's own check of the registry refused it (a DNS UPDATE whose
     /// prerequisite does not hold). `code` is the requester's, handed back as it was.
     #[error("{reason}")]
@@ -144,6 +147,7 @@ impl RegistryError {
             RegistryError::Full { .. } => "too_many_instances",
             RegistryError::StoreUnavailable(_) => "store_unavailable",
             RegistryError::Declined { .. } => "declined",
+            RegistryError::Failed(_) => "internal",
         }
     }
 }

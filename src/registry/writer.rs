@@ -714,7 +714,15 @@ impl Writer {
         decide: &Decide,
         stage: impl Fn(&mut Plan, Option<Change>) -> Result<(), RegistryError> + Copy,
     ) -> Result<(), RegistryError> {
-        let steps = decide(&plan.view)?;
+        // The decision is the requester's code running on this thread, with only a
+        // shared view: should it panic, nothing was changed, so the transaction is
+        // refused rather than the writer (and with it svcdns) stopped.
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(&plan.view)));
+        let steps = decided.unwrap_or_else(|_| {
+            Err(RegistryError::Failed(
+                "deciding a transaction panicked (a bug); nothing was changed".into(),
+            ))
+        })?;
         let saved = (
             plan.view.clone(),
             plan.changes.len(),
@@ -1489,6 +1497,40 @@ mod tests {
         fn admit(&self, _: &str, _: &Label, _: &Instance) -> Result<(), RegistryError> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_transaction_whose_decision_panics_is_refused_and_the_writer_goes_on() {
+        let zones = vec![ZoneSettings {
+            origin: Arc::from("svc.internal."),
+            default_ttl: 5,
+        }];
+        let view = View::new(zones, Instant::now(), 1);
+        let published = Arc::new(ArcSwap::from_pointee(view.clone()));
+        let store = Box::new(MemoryStore::default());
+        let mut writer = Writer::new(
+            view,
+            published,
+            store,
+            Limits::default(),
+            Arc::new(AdmitAll),
+        );
+        let (reply, mut waiting) = oneshot::channel();
+        let decide: Decide = Box::new(|_| panic!("a bug in a decision"));
+        let (register, registered) = command(&Op::Register {
+            key: (0, 0),
+            address: 1,
+            ttl: None,
+            ephemeral: false,
+            connection: 1,
+        });
+        let mut batch = vec![Command::Transaction { decide, reply }, register];
+        writer.apply_at(&mut batch, Instant::now());
+        let refused = waiting.try_recv().expect("answered");
+        assert_eq!(refused.map_err(|e| e.code()), Err("internal"));
+        // The rest of the batch was made.
+        assert_eq!(registered.outcome(), Ok(None));
+        assert_eq!(writer.published.load().total_instances(), 1);
     }
 
     proptest! {

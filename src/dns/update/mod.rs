@@ -187,9 +187,9 @@ impl Updates {
                     RegistryError::Declined { code, .. } => {
                         <ResponseCode as From<u16>>::from(*code)
                     }
-                    RegistryError::StoreUnavailable(_) | RegistryError::Unavailable => {
-                        ResponseCode::ServFail
-                    }
+                    RegistryError::StoreUnavailable(_)
+                    | RegistryError::Unavailable
+                    | RegistryError::Failed(_) => ResponseCode::ServFail,
                     _ => ResponseCode::Refused,
                 };
                 info!(client = %source, key = %tsig.name, rcode = ?code, reason = %error, "update not made");
