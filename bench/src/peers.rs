@@ -59,7 +59,7 @@ pub fn run(args: &[String]) {
     ] {
         match Peer::start(kind, &zone_dir, &zone_file) {
             Ok(peer) => {
-                contenders.push(Contender::new(kind.name(), peer.address, peer.child.id()));
+                contenders.push(Contender::new(kind.name(), peer.address, peer.pid()));
                 peers.push(peer);
             }
             Err(why) if required.iter().any(|r| r == kind.name()) => {
@@ -318,9 +318,10 @@ impl PeerKind {
 }
 
 /// A peer server process, stopped when dropped.
-struct Peer {
+/// A peer server process, killed when dropped.
+pub struct Peer {
     child: Child,
-    address: SocketAddr,
+    pub address: SocketAddr,
 }
 
 impl Drop for Peer {
@@ -402,48 +403,64 @@ impl Peer {
             .cloned()
             .unwrap_or_default();
         std::fs::write(&config_name, config).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(home.join("log.txt")).map_err(|e| e.to_string())?;
+        Peer::spawn(&binary, &args, &home, address)
+    }
+
+    /// Runs `binary` with `args` in `home`, its output in `home/log.txt`, and waits
+    /// until it answers `svc.internal.`'s SOA on `address`; the end of its log if it
+    /// exits or does not answer within 20 s.
+    pub fn spawn(
+        binary: &Path,
+        args: &[String],
+        home: &Path,
+        address: SocketAddr,
+    ) -> Result<Peer, String> {
+        let log_file = home.join("log.txt");
+        let log = std::fs::File::create(&log_file).map_err(|e| e.to_string())?;
         let child = Command::new(binary)
-            .args(&args)
-            .current_dir(&home)
+            .args(args)
+            .current_dir(home)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
             .spawn()
             .map_err(|e| e.to_string())?;
         let mut peer = Peer { child, address };
-        if !answers(address) {
-            let _ = peer.child.kill();
-            let log = std::fs::read_to_string(home.join("log.txt")).unwrap_or_default();
+        let log_tail = || {
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            return Err(format!("did not answer on {address}: {}", tail.join(" / ")));
+            tail.join(" / ")
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = peer.child.try_wait() {
+                return Err(format!("exited ({status}): {}", log_tail()));
+            }
+            if answers_once(address) {
+                return Ok(peer);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("did not answer on {address}: {}", log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        if let Ok(Some(status)) = peer.child.try_wait() {
-            return Err(format!("exited: {status}"));
-        }
-        Ok(peer)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
-/// Whether something answers the zone's SOA on `address` within a few seconds.
-fn answers(address: SocketAddr) -> bool {
+/// Whether `address` answers the zone's SOA (NOERROR, one answer: the zone is loaded)
+/// within 200 ms.
+fn answers_once(address: SocketAddr) -> bool {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let query =
         b"\x12\x34\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03svc\x08internal\x00\x00\x06\x00\x01";
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut buffer = [0; 512];
-    while Instant::now() < deadline {
-        let _ = socket.send_to(query, address);
-        if let Ok((len, _)) = socket.recv_from(&mut buffer) {
-            // A NOERROR response with one answer: the zone is loaded.
-            if len > 12 && buffer[3] & 0x0F == 0 && buffer[7] == 1 {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    let _ = socket.send_to(query, address);
+    matches!(socket.recv_from(&mut buffer), Ok((len, _)) if len > 12 && buffer[3] & 0x0F == 0 && buffer[7] == 1)
 }

@@ -39,7 +39,6 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -50,7 +49,7 @@ use hickory_proto::rr::rdata::{A, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType, TSigner};
 
 use crate::dns::{name, Resolver};
-use crate::peers::{find_program, free_port};
+use crate::peers::{find_program, free_port, Peer};
 use crate::registrations::address;
 use crate::server::{cpu_seconds, Server};
 use crate::{ms, option, quantile, Table};
@@ -490,16 +489,6 @@ impl PeerKind {
     }
 }
 
-/// A peer server process, stopped when dropped.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A server under test.
 struct Contender {
     name: String,
@@ -507,7 +496,7 @@ struct Contender {
     pid: u32,
     /// The next instance number to register: each is new.
     next: AtomicUsize,
-    /// Keeps the server running (a [`Server`] or a [`Peer`]).
+    /// Keeps the server running (a [`Server`] or a [`Peer`], each stopped when dropped).
     _process: Box<dyn std::any::Any + Sync>,
 }
 
@@ -562,43 +551,18 @@ impl Contender {
         let binary =
             find_program(program, &[]).ok_or_else(|| format!("{program} is not installed"))?;
         std::fs::write(&config_file, config).map_err(|e| e.to_string())?;
-        let log_file = home.join("log.txt");
-        let log = std::fs::File::create(&log_file).map_err(|e| e.to_string())?;
-        let mut command = Command::new(binary);
+        // named in the foreground, logging to stderr; knotd runs in the foreground anyway.
+        let mut args: Vec<String> = Vec::new();
         if let PeerKind::Bind9 = kind {
-            command.arg("-g");
+            args.push("-g".into());
         }
-        let child = command
-            .arg("-c")
-            .arg(&config_file)
-            .current_dir(&home)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let mut peer = Peer(child);
+        args.extend(["-c".into(), config_file.display().to_string()]);
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut resolver = Resolver::new(address);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = peer.0.try_wait() {
-                let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                return Err(format!("exited ({status}): {}", tail.join(" / ")));
-            }
-            if resolver.rcode(&name(ZONE), RecordType::SOA) == Some(ResponseCode::NoError) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("did not answer on {address}"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let peer = Peer::spawn(&binary, &args, &home, address)?;
         Ok(Contender {
             name: kind.name().into(),
             address,
-            pid: peer.0.id(),
+            pid: peer.pid(),
             next: AtomicUsize::new(0),
             _process: Box::new(peer),
         })
