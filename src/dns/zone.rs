@@ -499,7 +499,7 @@ fn fill_records<S: Sink>(
 }
 
 /// A name's lowercase wire form.
-fn lower_wire(name: &Name) -> Box<[u8]> {
+pub fn lower_wire(name: &Name) -> Box<[u8]> {
     let mut name = name.to_lowercase();
     name.set_fqdn(true);
     name.to_bytes().unwrap_or_default().into_boxed_slice()

@@ -45,7 +45,20 @@ pub struct ZoneRecords {
 
 impl ZoneRecords {
     pub fn get(&self, owner: &[u8]) -> Option<&Arc<NameRecords>> {
+        // Queries for every registry name ask: no hashing while there are none.
+        if self.by_owner.is_empty() {
+            return None;
+        }
         self.by_owner.get(owner)
+    }
+
+    /// Whether putting `records` would change nothing: the owner holds exactly
+    /// them (none, for a removal).
+    pub fn holds(&self, records: &NameRecords) -> bool {
+        match self.get(&records.owner) {
+            Some(current) => **current == *records,
+            None => records.sets.is_empty(),
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<NameRecords>> {
@@ -68,7 +81,7 @@ impl ZoneRecords {
 
     /// Whether records exist below `name` (so it exists, as an empty non-terminal).
     pub fn is_ancestor(&self, name: &[u8]) -> bool {
-        self.ancestors.contains_key(name)
+        !self.ancestors.is_empty() && self.ancestors.contains_key(name)
     }
 
     /// Whether records take service label `service`.

@@ -781,15 +781,11 @@ impl Writer {
                 .map(drop)
             }
             Step::Records { zone, records } => {
-                let current = plan
+                if plan
                     .view
                     .zone(*zone)
-                    .and_then(|z| z.records().get(&records.owner));
-                let unchanged = match current {
-                    Some(current) => **current == *records,
-                    None => records.sets.is_empty(),
-                };
-                if unchanged {
+                    .is_some_and(|z| z.records().holds(records))
+                {
                     return Ok(());
                 }
                 let stored = StoredRecords {

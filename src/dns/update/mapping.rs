@@ -35,7 +35,7 @@ use hickory_proto::serialize::binary::BinEncodable;
 use crate::api::auth::Grant;
 use crate::dns::records::rdata_of;
 use crate::dns::wire::WireName;
-use crate::dns::zone::{canonical_rdata, Negative, ServedZone};
+use crate::dns::zone::{canonical_rdata, lower_wire, Negative, ServedZone};
 use crate::dns::zone_records::records_at;
 use crate::registry::model::MAX_DNS_TTL;
 use crate::registry::records::{taken_label, NameRecords, RecordSet};
@@ -43,6 +43,7 @@ use crate::registry::{
     Instance, InstanceRef, Label, LabelKind, Meta, Proto, Registration, RegistryError, Step, View,
     ZoneView,
 };
+use crate::store::owner_text;
 
 /// Most records one RRset written through UPDATE may have.
 const MAX_RECORDS_PER_SET: usize = 256;
@@ -139,7 +140,7 @@ impl Update {
                     ResponseCode::NXRRSet,
                     format!(
                         "prerequisite: the {record_type} records at {} are not the ones given",
-                        display(&name)
+                        owner_text(&owner)
                     ),
                 ));
             }
@@ -900,15 +901,9 @@ fn meta_of(strings: &[Box<[u8]>]) -> Result<Meta, RegistryError> {
     Meta::from_map(&map).map_err(|e| refused(e.to_string()))
 }
 
-/// `name` in our lowercase wire form.
-pub fn wire_name(name: &Name) -> Result<WireName, RegistryError> {
-    let bytes = name.to_lowercase().to_bytes().map_err(|_| bad_name())?;
-    WireName::from_wire(&bytes).ok_or_else(bad_name)
-}
-
-fn display(name: &WireName) -> String {
-    Name::from_labels((0..name.label_count()).map(|index| name.label(index).to_vec()))
-        .map_or_else(|_| "?".to_string(), |name| name.to_string())
+/// `name` in our lowercase wire form, as the answer paths read names.
+fn wire_name(name: &Name) -> Result<WireName, RegistryError> {
+    WireName::from_wire(&lower_wire(name)).ok_or_else(bad_name)
 }
 
 fn bad_name() -> RegistryError {

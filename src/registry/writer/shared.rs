@@ -374,15 +374,11 @@ impl Writer {
             warn!(zone = %stored.zone, "records from the store for a zone not served here are left out");
             return;
         };
-        let current = self
+        if self
             .view
             .zone(zone)
-            .and_then(|z| z.records().get(&stored.records.owner));
-        let unchanged = match current {
-            Some(current) => **current == stored.records,
-            None => stored.records.sets.is_empty(),
-        };
-        if unchanged {
+            .is_some_and(|z| z.records().holds(&stored.records))
+        {
             return;
         }
         match put_records(&mut self.view, &stored) {
