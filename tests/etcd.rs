@@ -36,6 +36,16 @@ mod tests {
         json!({"op": "register", "service": "web", "id": id, "addresses": [address], "port": 80})
     }
 
+    /// The ids of the instances a `list` or `snapshot` reply holds.
+    fn ids(reply: &Value) -> Vec<&str> {
+        reply["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["id"].as_str())
+            .collect()
+    }
+
     fn addresses(server: &Svcdns) -> Vec<String> {
         let mut found = answer_data(&server.query("web.svc.internal.", RecordType::A));
         found.sort();
@@ -99,13 +109,7 @@ mod tests {
         let mut b = b;
         b.restart().expect("restart b");
         let list = b.connect().send(&json!({"op": "list"}));
-        let listed: Vec<&str> = list["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["id"].as_str())
-            .collect();
-        assert_eq!(listed, ["web-2"], "{list}");
+        assert_eq!(ids(&list), ["web-2"], "{list}");
         assert_eq!(list["instances"][0]["health"], "critical");
     }
 
@@ -234,13 +238,7 @@ mod tests {
         // A backup holds no ephemeral instance: a restore could not bring its
         // connection back.
         let backup = b.connect().send(&json!({"op": "snapshot"}));
-        let backed_up: Vec<&str> = backup["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["id"].as_str())
-            .collect();
-        assert_eq!(backed_up, ["web-p"], "{backup}");
+        assert_eq!(ids(&backup), ["web-p"], "{backup}");
         a.kill9();
         // Gone from B once A's lease runs out (2 s), not before it could.
         let took = answers_within(&b, &["10.0.0.6"], Duration::from_secs(6));
