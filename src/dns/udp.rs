@@ -24,6 +24,7 @@ use super::front::{Fallback, Reply, Responder, Transport};
 use super::rate_limit::{truncated, RateLimitSettings, RateLimiter, Verdict};
 use super::wire::{Scratch, MAX_UDP_RESPONSE};
 use crate::metrics;
+use crate::throttle::LogThrottle;
 
 /// Datagrams taken or sent per system call, at most.
 const BATCH: usize = 32;
@@ -35,6 +36,8 @@ const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// Queries handed to the Catalog and not answered yet, at most; more are dropped, so a
 /// flood of odd packets cannot pile up tasks.
 const MAX_FALLBACKS_IN_FLIGHT: usize = 1024;
+/// Seconds between two warnings about queries dropped for [`MAX_FALLBACKS_IN_FLIGHT`].
+const CATALOG_BUSY_WARNING_INTERVAL: u64 = 10;
 
 /// The UDP threads of every listen address.
 pub struct UdpFront {
@@ -218,23 +221,57 @@ fn hand_to_catalog(
     source: SocketAddr,
     received_at: Instant,
 ) {
-    let in_flight = shared.fallbacks_in_flight.clone();
-    if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_FALLBACKS_IN_FLIGHT {
-        in_flight.fetch_sub(1, Ordering::Relaxed);
+    let Some(slot) = FallbackSlot::take(&shared.fallbacks_in_flight) else {
         metrics::dropped_catalog_busy();
+        warn_catalog_busy();
         return;
-    }
+    };
     let fallback = shared.fallback.clone();
     let socket = socket.clone();
     shared.runtime.spawn(async move {
+        // Held until the task ends, however it ends: a panic in the Catalog (which
+        // tokio catches) must not keep the slot taken for good.
+        let _slot = slot;
         if let Some(response) = fallback.answer(packet, source, Transport::Udp).await {
             metrics::answered(&response, Transport::Udp, received_at.elapsed());
             // The socket is blocking but UDP sends do not wait for the peer; a failed
             // send is a lost datagram, which clients retry.
             let _ = socket.send_to(&response, source);
         }
-        in_flight.fetch_sub(1, Ordering::Relaxed);
     });
+}
+
+/// One of the [`MAX_FALLBACKS_IN_FLIGHT`] places for a query waiting for the Catalog;
+/// given back when dropped.
+struct FallbackSlot(Arc<AtomicUsize>);
+
+impl FallbackSlot {
+    fn take(in_flight: &Arc<AtomicUsize>) -> Option<FallbackSlot> {
+        if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_FALLBACKS_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(FallbackSlot(in_flight.clone()))
+    }
+}
+
+impl Drop for FallbackSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A dropped query is silence to its client: say so in the log (at most every
+/// [`CATALOG_BUSY_WARNING_INTERVAL`] seconds), as well as in the metric.
+fn warn_catalog_busy() {
+    static THROTTLE: LogThrottle = LogThrottle::new(CATALOG_BUSY_WARNING_INTERVAL);
+    if let Some(suppressed) = THROTTLE.admit() {
+        warn!(
+            waiting = MAX_FALLBACKS_IN_FLIGHT,
+            dropped_since_last_warning = suppressed + 1,
+            "UDP queries for the slow path (other opcodes, names outside our zones, transfers) dropped: too many already wait for an answer"
+        );
+    }
 }
 
 fn is_transient(error: &io::Error) -> bool {
@@ -466,5 +503,24 @@ impl Outgoing {
             sent += result as usize;
         }
         last_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_slots_are_bounded_and_given_back_when_dropped() {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let mut slots: Vec<FallbackSlot> = (0..MAX_FALLBACKS_IN_FLIGHT)
+            .map(|_| FallbackSlot::take(&in_flight).expect("a free slot"))
+            .collect();
+        assert!(FallbackSlot::take(&in_flight).is_none());
+        assert_eq!(in_flight.load(Ordering::Relaxed), MAX_FALLBACKS_IN_FLIGHT);
+        slots.pop();
+        assert!(FallbackSlot::take(&in_flight).is_some());
+        drop(slots);
+        assert_eq!(in_flight.load(Ordering::Relaxed), 0);
     }
 }
