@@ -99,6 +99,15 @@ pub enum RegistryError {
     },
     #[error("the change was not made: the store cannot take it ({0}); DNS still answers from memory, try again")]
     StoreUnavailable(String),
+    /// The store took the change, but this node's copy of it (its watch) did not come
+    /// back in time, so the change is not answered here yet. It is not lost: the node
+    /// applies it when its watch catches up, and sending the request again is safe.
+    #[error("the store took the change (revision {revision}) but this node has not seen it come back after {waited_secs} s (its watch of the store is behind, up to revision {applied}); it will answer once the watch catches up; sending the request again is safe")]
+    NotSeenYet {
+        revision: u64,
+        applied: u64,
+        waited_secs: u64,
+    },
     /// A request failed for a reason of ours, not the client's (a bug, logged).
     #[error("{0}")]
     Failed(String),
@@ -145,7 +154,10 @@ impl RegistryError {
             RegistryError::NotFound { .. } => "not_found",
             RegistryError::Unavailable => "unavailable",
             RegistryError::Full { .. } => "too_many_instances",
-            RegistryError::StoreUnavailable(_) => "store_unavailable",
+            // A client's answer to both is the same: try again later.
+            RegistryError::StoreUnavailable(_) | RegistryError::NotSeenYet { .. } => {
+                "store_unavailable"
+            }
             RegistryError::Declined { .. } => "declined",
             RegistryError::Failed(_) => "internal",
         }

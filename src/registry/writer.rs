@@ -1529,6 +1529,108 @@ mod tests {
         assert_eq!(writer.published.load().total_instances(), 1);
     }
 
+    /// A shared store (as etcd) that takes every change and whose watch reports
+    /// nothing by itself: the test hands the writer what it would have reported.
+    #[derive(Default)]
+    struct SilentSharedStore {
+        revision: u64,
+    }
+
+    impl Store for SilentSharedStore {
+        fn load(&mut self) -> Result<Loaded, crate::store::StoreError> {
+            Ok(Loaded::default())
+        }
+
+        fn apply(&mut self, _: &[Change]) -> Result<u64, crate::store::StoreError> {
+            self.revision += 1;
+            Ok(self.revision)
+        }
+
+        fn is_durable(&self) -> bool {
+            true
+        }
+
+        fn describe(&self) -> String {
+            "a shared store for tests".into()
+        }
+
+        fn is_shared(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_committed_change_whose_watch_lags_is_answered_as_not_seen_yet_and_applied_later() {
+        let epoch = Instant::now();
+        let zones = vec![ZoneSettings {
+            origin: Arc::from("svc.internal."),
+            default_ttl: 5,
+        }];
+        let view = View::new(zones, epoch, 1);
+        let published = Arc::new(ArcSwap::from_pointee(view.clone()));
+        let store = Box::new(SilentSharedStore::default());
+        let mut writer = Writer::new(
+            view,
+            published,
+            store,
+            Limits::default(),
+            Arc::new(AdmitAll),
+        );
+        let registration = registration((0, 0), 1, None, false, 80);
+        let (reply, mut waiting) = oneshot::channel();
+        let mut batch = vec![Command::Register {
+            zone: 0,
+            registration: registration.clone(),
+            connection: Some(1),
+            stored: true,
+            reply,
+        }];
+        writer.apply_at(&mut batch, epoch);
+        // Committed, and waiting for the watch: no reply, nothing answered yet.
+        assert!(waiting.try_recv().is_err());
+        writer.apply_at(
+            &mut Vec::new(),
+            epoch + shared::ACK_WAIT - Duration::from_millis(1),
+        );
+        assert!(waiting.try_recv().is_err());
+        writer.apply_at(
+            &mut Vec::new(),
+            epoch + shared::ACK_WAIT + Duration::from_millis(10),
+        );
+        let error = waiting
+            .try_recv()
+            .expect("answered after the wait")
+            .expect_err("not seen yet");
+        assert!(
+            matches!(
+                error,
+                RegistryError::NotSeenYet {
+                    revision: 1,
+                    applied: 0,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(error.code(), "store_unavailable");
+        assert_eq!(writer.published.load().total_instances(), 0);
+        // The watch catches up: the change is applied after all.
+        let stored = StoredInstance {
+            registration,
+            health: Health::Healthy,
+            lease_deadline_unix_ms: None,
+        };
+        let mut batch = vec![Command::Remote(Remote::Changes {
+            revision: 1,
+            changes: vec![crate::store::RemoteChange::Put(stored)],
+        })];
+        writer.apply_at(
+            &mut batch,
+            epoch + shared::ACK_WAIT + Duration::from_secs(1),
+        );
+        assert_eq!(writer.published.load().total_instances(), 1);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 

@@ -315,7 +315,12 @@ impl Svcdns {
     /// Registers over a fresh connection and checks the acknowledgement.
     pub fn register(&self, request: Value) {
         let reply = self.connect().send(&request);
-        assert_eq!(reply["ok"], true, "register {request} -> {reply}");
+        if reply["ok"] != true {
+            panic!(
+                "register {request} -> {reply}\nthe server logged:\n{}",
+                self.logs()
+            );
+        }
     }
 
     pub fn query(&self, name: &str, rtype: RecordType) -> Message {

@@ -188,6 +188,7 @@ impl Updates {
                         <ResponseCode as From<u16>>::from(*code)
                     }
                     RegistryError::StoreUnavailable(_)
+                    | RegistryError::NotSeenYet { .. }
                     | RegistryError::Unavailable
                     | RegistryError::Failed(_) => ResponseCode::ServFail,
                     _ => ResponseCode::Refused,

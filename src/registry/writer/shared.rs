@@ -39,7 +39,7 @@ const RELEASE_RETRY: Duration = Duration::from_secs(1);
 /// Longest a committed request waits for its change to come back before it is
 /// answered with an error (the node lost its watch): the change is in the store and
 /// will be applied when the watch resumes, but the client must not wait forever.
-const ACK_WAIT: Duration = Duration::from_secs(10);
+pub(super) const ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// What following a shared store takes.
 pub(in crate::registry) struct Following {
@@ -120,6 +120,9 @@ impl Writer {
         let mut plan = self.plan(batch, now, &StoreState::Writable);
         let mut revision = 0;
         let mut failed = false;
+        // The commit may take seconds of retries (an election); the wait for the
+        // watch starts when it ends.
+        let committing = Instant::now();
         if !plan.changes.is_empty() {
             match self.store.apply(&plan.changes) {
                 Ok(committed) => revision = committed,
@@ -157,7 +160,7 @@ impl Writer {
         if revision > following.applied {
             following.parked.push_back(Parked {
                 revision,
-                since: now,
+                since: now + committing.elapsed(),
                 replies,
             });
         } else {
@@ -424,10 +427,18 @@ impl Writer {
             let Some(parked) = following.parked.pop_front() else {
                 break;
             };
-            let error = RegistryError::StoreUnavailable(format!(
-                "committed at revision {}, but this node has not seen it come back from the store yet (it will once its watch resumes)",
-                parked.revision
-            ));
+            let error = RegistryError::NotSeenYet {
+                revision: parked.revision,
+                applied: following.applied,
+                waited_secs: ACK_WAIT.as_secs(),
+            };
+            warn!(
+                revision = parked.revision,
+                applied = following.applied,
+                requests = parked.replies.len(),
+                "committed requests answered with an error: their revision did not come back from the store's watch within {} s",
+                ACK_WAIT.as_secs()
+            );
             for (command, ack) in parked.replies {
                 let ack = ack.map(|ack| match ack {
                     Ack::Lease(Ok(_)) => Ack::Lease(Err(error.clone())),
