@@ -1495,22 +1495,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_transaction_whose_decision_panics_is_refused_and_the_writer_goes_on() {
+    /// A writer of one zone, `svc.internal.`, with default limits, from `epoch` on.
+    fn writer_of_one_zone(store: Box<dyn Store>, epoch: Instant) -> Writer {
         let zones = vec![ZoneSettings {
             origin: Arc::from("svc.internal."),
             default_ttl: 5,
         }];
-        let view = View::new(zones, Instant::now(), 1);
+        let view = View::new(zones, epoch, 1);
         let published = Arc::new(ArcSwap::from_pointee(view.clone()));
-        let store = Box::new(MemoryStore::default());
-        let mut writer = Writer::new(
+        Writer::new(
             view,
             published,
             store,
             Limits::default(),
             Arc::new(AdmitAll),
-        );
+        )
+    }
+
+    #[test]
+    fn a_transaction_whose_decision_panics_is_refused_and_the_writer_goes_on() {
+        let mut writer = writer_of_one_zone(Box::new(MemoryStore::default()), Instant::now());
         let (reply, mut waiting) = oneshot::channel();
         let decide: Decide = Box::new(|_| panic!("a bug in a decision"));
         let (register, registered) = command(&Op::Register {
@@ -1562,20 +1566,7 @@ mod tests {
     #[test]
     fn a_committed_change_whose_watch_lags_is_answered_as_not_seen_yet_and_applied_later() {
         let epoch = Instant::now();
-        let zones = vec![ZoneSettings {
-            origin: Arc::from("svc.internal."),
-            default_ttl: 5,
-        }];
-        let view = View::new(zones, epoch, 1);
-        let published = Arc::new(ArcSwap::from_pointee(view.clone()));
-        let store = Box::new(SilentSharedStore::default());
-        let mut writer = Writer::new(
-            view,
-            published,
-            store,
-            Limits::default(),
-            Arc::new(AdmitAll),
-        );
+        let mut writer = writer_of_one_zone(Box::new(SilentSharedStore::default()), epoch);
         let registration = registration((0, 0), 1, None, false, 80);
         let (reply, mut waiting) = oneshot::channel();
         let mut batch = vec![Command::Register {
