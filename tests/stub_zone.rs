@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -28,34 +29,53 @@ impl Drop for Dnsmasq {
 
 impl Dnsmasq {
     /// Forwards `svc.internal` to `svcdns` and nothing else (no upstreams, no hosts).
-    fn delegating_to(svcdns: SocketAddr) -> Option<Dnsmasq> {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--pid-file=",
-                "--user=root",
-                "--cache-size=100",
-                &format!("--port={port}"),
-                &format!("--server=/svc.internal/{}#{}", svcdns.ip(), svcdns.port()),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        Some(Dnsmasq {
-            child,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-        })
+    /// The port is one that was free a moment ago: when dnsmasq cannot bind it after
+    /// all (another program took it, for UDP or TCP), another one is tried. `Err` with
+    /// what dnsmasq said when it never starts.
+    fn delegating_to(svcdns: SocketAddr) -> Result<Dnsmasq, String> {
+        let mut said = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("dnsmasq")
+                .args([
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--no-poll",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--pid-file=",
+                    "--user=root",
+                    "--cache-size=100",
+                    &format!("--port={port}"),
+                    &format!("--server=/svc.internal/{}#{}", svcdns.ip(), svcdns.port()),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("running dnsmasq: {e}"))?;
+            // dnsmasq binds before it goes on in the foreground: an exit within this
+            // time is a failure to start.
+            std::thread::sleep(Duration::from_millis(300));
+            match child.try_wait() {
+                Ok(None) => {
+                    return Ok(Dnsmasq {
+                        child,
+                        address: SocketAddr::from(([127, 0, 0, 1], port)),
+                    })
+                }
+                Ok(Some(status)) => {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        let _ = pipe.read_to_string(&mut stderr);
+                    }
+                    said = format!("dnsmasq on port {port} exited ({status}): {stderr}");
+                    eprintln!("{said}; trying another port");
+                }
+                Err(e) => return Err(format!("waiting for dnsmasq: {e}")),
+            }
+        }
+        Err(said)
     }
 }
 
@@ -68,14 +88,15 @@ fn dnsmasq_delegating_our_zone_resolves_and_caches_our_names() {
     let mut server = Svcdns::start();
     server.register(json!({"op": "register", "service": "web", "id": "web-1",
         "addresses": ["10.0.0.5"], "port": 8080}));
-    let dnsmasq = Dnsmasq::delegating_to(server.dns).expect("dnsmasq starts");
+    let dnsmasq = Dnsmasq::delegating_to(server.dns).unwrap_or_else(|e| panic!("{e}"));
     let resolves = || {
         ask(dnsmasq.address, "web.svc.internal.", RecordType::A)
             .is_some_and(|response| answer_data(&response) == vec!["10.0.0.5"])
     };
     assert!(
         eventually(WAIT, resolves),
-        "dnsmasq resolves our name through svcdns"
+        "dnsmasq resolves our name through svcdns; svcdns logged:\n{}",
+        server.logs()
     );
     let srv =
         ask(dnsmasq.address, "_web._tcp.svc.internal.", RecordType::SRV).expect("an SRV answer");
