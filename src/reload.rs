@@ -25,6 +25,7 @@ use crate::dns::update::keys::UpdateKeys;
 use crate::dns::update::Updates;
 use crate::dns::{self, zone_file, LiveZones, Sampling, ServedZone, ZoneSpec, Zones};
 use crate::registry::{InstanceKey, Registration, Registry, View};
+use crate::store::owner_text;
 
 /// What a reload can replace, and what it needs to rebuild it: what `serve` built at
 /// start, handed over.
@@ -288,10 +289,11 @@ pub async fn apply_static_services(registry: &Registry, plan: &StaticPlan) -> Re
     Ok(())
 }
 
-/// Refuses new zones that registered instances cannot live with: a zone file removed
-/// while instances are registered in it, or a static record that now owns a
-/// registered service's names. Instances the reload removes itself (static services
-/// gone from the files) do not count.
+/// Refuses new zones that registered instances or records written through DNS UPDATE
+/// cannot live with: a zone file removed while the zone holds either, a static record
+/// that now owns a registered service's names, or a zone file name (with records, or
+/// above them) where an update wrote records, which the file's would hide. Instances
+/// the reload removes itself (static services gone from the files) do not count.
 fn check_registered(snapshot: &View, zones: &Zones, plan: &StaticPlan) -> Result<()> {
     for (index, zone_view) in snapshot.zones().iter().enumerate() {
         if !zone_view.is_served() {
@@ -299,6 +301,24 @@ fn check_registered(snapshot: &View, zones: &Zones, plan: &StaticPlan) -> Result
         }
         let origin = &**zone_view.origin();
         let zone = zones.get(index);
+        let written = zone_view.records();
+        if zone.is_none() && !written.is_empty() {
+            bail!(
+                "the file of zone {origin} is gone but it holds {} names written through DNS UPDATE; delete them first (nsupdate), or keep the file",
+                written.len()
+            );
+        }
+        if let Some(hidden) = zone.and_then(|zone| {
+            written
+                .iter()
+                .find(|records| zone.has_static_name(&records.owner))
+        }) {
+            bail!(
+                "zone {origin}: the zone file now has the name {}, which holds records written through DNS UPDATE and would hide them; delete those first (nsupdate: update delete {}), or leave the name out of the file",
+                owner_text(&hidden.owner),
+                owner_text(&hidden.owner)
+            );
+        }
         let mut stranded = 0;
         for name in zone_view.service_names() {
             for (service, entry, _) in zone_view.instances_of(name.as_str()) {

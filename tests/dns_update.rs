@@ -588,6 +588,75 @@ fn sighup_reads_the_keys_file_again_and_a_bad_one_stops_the_start() {
     );
 }
 
+#[test]
+fn a_reload_may_not_hide_written_records_nor_remove_their_zone() {
+    let server = server_with_keys("");
+    let zones = server.dir.path().join("zones");
+    let write = |file: &str, text: &str| std::fs::write(zones.join(file), text).expect("zone file");
+    write(
+        "svc.yaml",
+        "origin: svc.internal.\nrecords:\n  - {name: docs, type: A, data: 10.1.0.1}\n",
+    );
+    write("other.yaml", "origin: other.test.\nrecords: []\n");
+    assert!(server.reload().contains("reloaded the zones"));
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "update add www.svc.internal. 60 A 10.0.0.1",
+    );
+    assert!(!out.contains("failed"), "{out}");
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "zone other.test\nupdate add www.other.test. 60 A 10.3.0.1",
+    );
+    assert!(!out.contains("failed"), "{out}");
+
+    // The file gives records to the written name, or to a name below it.
+    for records in [
+        "  - {name: www, type: A, data: 10.9.9.9}\n",
+        "  - {name: a.www, type: TXT, data: below}\n",
+    ] {
+        write(
+            "svc.yaml",
+            &format!("origin: svc.internal.\nrecords:\n{records}"),
+        );
+        let logs = server.reload();
+        assert!(
+            logs.contains("reload refused") && logs.contains("www.svc.internal."),
+            "{logs}"
+        );
+        assert_eq!(short(&server, "www.svc.internal", "A"), ["10.0.0.1"]);
+        assert_eq!(short(&server, "docs.svc.internal", "A"), ["10.1.0.1"]);
+    }
+
+    // The zone holding written records loses its file.
+    write("svc.yaml", "origin: svc.internal.\nrecords: []\n");
+    std::fs::remove_file(zones.join("other.yaml")).expect("remove");
+    let logs = server.reload();
+    assert!(
+        logs.contains("reload refused") && logs.contains("other.test.") && logs.contains("1 names"),
+        "{logs}"
+    );
+    assert_eq!(short(&server, "www.other.test", "A"), ["10.3.0.1"]);
+
+    // Once the written records are gone, both reloads go through.
+    let out = nsupdate(
+        server.dns,
+        Some(KEY),
+        "zone other.test\nupdate delete www.other.test.",
+    );
+    assert!(!out.contains("failed"), "{out}");
+    let out = nsupdate(server.dns, Some(KEY), "update delete www.svc.internal.");
+    assert!(!out.contains("failed"), "{out}");
+    write(
+        "svc.yaml",
+        "origin: svc.internal.\nrecords:\n  - {name: www, type: A, data: 10.9.9.9}\n",
+    );
+    assert!(server.reload().contains("reloaded the zones"));
+    assert_eq!(short(&server, "www.svc.internal", "A"), ["10.9.9.9"]);
+}
+
 /// What `dig` says of `name`/`rtype`: the status and the answer records, sorted.
 fn answer_of(server: std::net::SocketAddr, name: &str, rtype: &str) -> (String, Vec<String>) {
     let out = dig(server, &["+noall", "+comments", "+answer", name, rtype]);
