@@ -54,6 +54,11 @@ const RCODES: [&str; 7] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other",
 ];
 const RCODE_OTHER: usize = RCODES.len() - 1;
+/// The response codes of DNS UPDATE (RFC 2136 §2.2: 0 to 10, by value), then any other.
+const UPDATE_RCODES: [&str; 12] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+    "NXRRSET", "NOTAUTH", "NOTZONE", "other",
+];
 
 const TRANSPORTS: [(Transport, &str); 2] = [(Transport::Udp, "udp"), (Transport::Tcp, "tcp")];
 
@@ -160,6 +165,8 @@ struct Counters {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     store_failures: AtomicU64,
+    /// DNS UPDATE responses, by response code (`UPDATE_RCODES`).
+    updates: [AtomicU64; UPDATE_RCODES.len()],
 }
 
 fn counters() -> &'static Counters {
@@ -182,6 +189,7 @@ fn counters() -> &'static Counters {
         reloads_ok: AtomicU64::new(0),
         reloads_failed: AtomicU64::new(0),
         store_failures: AtomicU64::new(0),
+        updates: std::array::from_fn(|_| AtomicU64::new(0)),
     })
 }
 
@@ -366,6 +374,12 @@ pub fn registry_changed(reason: Reason) {
 /// A commit to the durable store that failed.
 pub fn store_failed() {
     counters().store_failures.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A DNS UPDATE answered with response code `rcode` (the TSIG errors are NOTAUTH).
+pub fn update_answered(rcode: u16) {
+    let slot = usize::from(rcode).min(UPDATE_RCODES.len() - 1);
+    counters().updates[slot].fetch_add(1, Ordering::Relaxed);
 }
 
 /// A SIGHUP reload, applied or refused.
@@ -593,6 +607,19 @@ impl Collector for Snapshot {
             let value = load(&counters.changes[reason.index()]);
             ConstCounter::new(value)
                 .encode(family.encode_family(&[("reason", reason.as_str())])?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "svcdns_dns_updates",
+            "DNS UPDATE requests answered, by response code (NOERROR: made; the TSIG errors are NOTAUTH)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (rcode, count) in UPDATE_RCODES.iter().zip(&counters.updates) {
+            let value = load(count);
+            if value > 0 {
+                ConstCounter::new(value).encode(family.encode_family(&[("rcode", *rcode)])?)?;
+            }
         }
 
         let snapshot = self.registry.snapshot();

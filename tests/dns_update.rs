@@ -216,7 +216,7 @@ fn a_failed_prerequisite_or_a_bad_change_changes_nothing() {
 
 #[test]
 fn unsigned_badly_signed_and_unauthorised_updates_are_refused() {
-    let server = server_with_keys("");
+    let server = server_with_keys(HTTP);
     let add = "update add web2._web._tcp.svc.internal. 60 SRV 0 0 80 web2.web.svc.internal.\n\
                update add web2.web.svc.internal. 60 A 10.0.0.8";
     let wrong_secret = "hmac-sha256:upd-key:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
@@ -236,6 +236,12 @@ fn unsigned_badly_signed_and_unauthorised_updates_are_refused() {
     let out = nsupdate(server.dns, Some(WEB_KEY), add);
     assert!(!out.contains("failed"), "{out}");
     assert_eq!(short(&server, "web2.web.svc.internal", "A"), ["10.0.0.8"]);
+    // Each outcome is counted once, by its response code.
+    let page = scrape(&server);
+    for (rcode, expected) in [("NOERROR", 1.0), ("REFUSED", 1.0), ("NOTAUTH", 2.0)] {
+        let sample = format!("svcdns_dns_updates_total{{rcode=\"{rcode}\"}}");
+        assert_eq!(metric_value(&page, &sample), expected, "{sample}\n{page}");
+    }
     let out = nsupdate(
         server.dns,
         Some(WEB_KEY),

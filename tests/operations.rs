@@ -4,58 +4,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 
 use common::*;
 use hickory_proto::rr::RecordType;
 use serde_json::json;
-
-const HTTP: &str = "http:\n  listen: 127.0.0.1:0\n";
-
-/// One HTTP/1.1 request; the status code and the body.
-fn http(address: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to http.listen");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: svcdns\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn scrape(server: &Svcdns) -> String {
-    let (status, page) = http(
-        server.http.expect("http= in the ready line"),
-        "GET",
-        "/metrics",
-    );
-    assert_eq!(status, 200, "{page}");
-    page
-}
-
-/// The value of the sample whose name and labels are exactly `sample`, 0 if absent.
-fn value(page: &str, sample: &str) -> f64 {
-    page.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("value of {sample}: {v}"))
-        })
-        .unwrap_or(0.0)
-}
 
 /// The sum of every sample of `name` whose labels contain all of `labels`.
 fn sum(page: &str, name: &str, labels: &[&str]) -> f64 {
@@ -71,7 +24,7 @@ fn metrics_count_queries_registrations_and_instances() {
     let server = Svcdns::with(&[], HTTP);
     let before = scrape(&server);
     let a_noerror = r#"svcdns_dns_responses_total{transport="udp",type="A",rcode="NOERROR"}"#;
-    assert_eq!(value(&before, a_noerror), 0.0, "{before}");
+    assert_eq!(metric_value(&before, a_noerror), 0.0, "{before}");
 
     server.register(json!({"op": "register", "service": "web", "id": "web-1",
         "addresses": ["10.0.0.1"], "port": 80}));
@@ -105,23 +58,23 @@ fn metrics_count_queries_registrations_and_instances() {
     );
 
     let page = scrape(&server);
-    assert_eq!(value(&page, a_noerror), 7.0, "{page}");
+    assert_eq!(metric_value(&page, a_noerror), 7.0, "{page}");
     assert_eq!(
-        value(
+        metric_value(
             &page,
             r#"svcdns_dns_responses_total{transport="udp",type="SRV",rcode="NXDOMAIN"}"#
         ),
         3.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &page,
             r#"svcdns_dns_responses_total{transport="tcp",type="A",rcode="NOERROR"}"#
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &page,
             r#"svcdns_dns_responses_total{transport="udp",type="TXT",rcode="REFUSED"}"#
         ),
@@ -134,13 +87,13 @@ fn metrics_count_queries_registrations_and_instances() {
             "svcdns_dns_responses_total",
             &[&format!("transport=\"{transport}\"")],
         );
-        let observed = value(
+        let observed = metric_value(
             &page,
             &format!("svcdns_dns_response_duration_seconds_count{{transport=\"{transport}\"}}"),
         );
         assert_eq!(observed, responses, "{transport}: {page}");
     }
-    let inf = value(
+    let inf = metric_value(
         &page,
         r#"svcdns_dns_response_duration_seconds_bucket{transport="udp",le="+Inf"}"#,
     );
@@ -170,7 +123,7 @@ fn metrics_count_queries_registrations_and_instances() {
         (r#"svcdns_instances{health="critical"}"#, 1.0),
         ("svcdns_services", 1.0),
     ] {
-        assert_eq!(value(&page, sample), expected, "{sample}\n{page}");
+        assert_eq!(metric_value(&page, sample), expected, "{sample}\n{page}");
     }
     assert!(
         page.contains("# TYPE svcdns_dns_response_duration_seconds histogram"),
@@ -191,19 +144,19 @@ fn metrics_count_forwarded_queries_and_upstream_failures() {
     assert_eq!(rcode(&response), hickory_proto::op::ResponseCode::ServFail);
     let page = scrape(&server);
     assert!(
-        value(&page, "svcdns_forwarded_queries_total") >= 1.0,
+        metric_value(&page, "svcdns_forwarded_queries_total") >= 1.0,
         "{page}"
     );
     assert!(
-        value(&page, "svcdns_forward_failures_total") >= 1.0,
+        metric_value(&page, "svcdns_forward_failures_total") >= 1.0,
         "{page}"
     );
     assert_eq!(
-        value(
+        metric_value(
             &page,
             r#"svcdns_dns_responses_total{transport="udp",type="A",rcode="SERVFAIL"}"#
         ),
-        value(&page, "svcdns_forward_failures_total"),
+        metric_value(&page, "svcdns_forward_failures_total"),
         "{page}"
     );
 }

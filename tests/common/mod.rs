@@ -6,9 +6,13 @@
 
 pub mod bind_primary;
 pub mod etcd_cluster;
+pub mod http;
 pub mod knot_secondary;
 
 pub use etcd_cluster::free_port;
+// Each test file builds its own copy of this module; most scrape no metrics.
+#[allow(unused_imports)]
+pub use http::{http, metric_value, scrape, HTTP};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use super::front::Responder;
 use crate::api::auth::Grant;
+use crate::metrics;
 use crate::registry::model::MAX_LEASE_SECS;
 use crate::registry::{Registry, RegistryError};
 use crate::throttle::LogThrottle;
@@ -102,8 +103,12 @@ impl Updates {
 
     /// The response to the UPDATE `packet`; `None` when it does not parse.
     pub async fn answer(&self, packet: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
-        let request = Message::from_vec(packet).ok()?;
+        let Ok(request) = Message::from_vec(packet) else {
+            metrics::update_answered(u16::from(ResponseCode::FormErr));
+            return None;
+        };
         let outcome = self.process(&request, packet, source).await;
+        metrics::update_answered(u16::from(outcome.code));
         Some(respond(&request, outcome))
     }
 
