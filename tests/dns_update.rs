@@ -36,6 +36,18 @@ fn server_with_keys(extra: &str) -> Svcdns {
     Svcdns::try_with_update_keys(extra, "", KEYS_FILE).expect("starts with a keys file")
 }
 
+/// Sends `commands` with `key` through nsupdate and checks that the update was made.
+fn update_made(server: &Svcdns, key: &str, commands: &str) {
+    let out = nsupdate(server.dns, Some(key), commands);
+    assert!(!out.contains("failed"), "{commands}: {out}");
+}
+
+/// Sends `commands` with `key` through nsupdate and checks that it got REFUSED.
+fn update_refused(server: &Svcdns, key: &str, commands: &str) {
+    let out = nsupdate(server.dns, Some(key), commands);
+    assert!(out.contains("update failed: REFUSED"), "{commands}: {out}");
+}
+
 fn short(server: &Svcdns, name: &str, rtype: &str) -> Vec<String> {
     let mut lines: Vec<String> = dig(server.dns, &["+short", name, rtype])
         .lines()
@@ -56,8 +68,7 @@ update add host1.svc.internal. 60 A 10.0.0.5
 #[test]
 fn nsupdate_registers_a_dns_sd_service_and_changes_and_removes_it() {
     let server = server_with_keys("");
-    let out = nsupdate(server.dns, Some(KEY), ADD_WEB1);
-    assert!(!out.contains("failed"), "{out}");
+    update_made(&server, KEY, ADD_WEB1);
 
     // Acknowledged means visible: no waiting.
     assert_eq!(
@@ -88,14 +99,13 @@ fn nsupdate_registers_a_dns_sd_service_and_changes_and_removes_it() {
     );
 
     // A second address at the instance's own address name, one TXT replaced.
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_made(
+        &server,
+        KEY,
         "update add web1.http.svc.internal. 60 A 10.0.0.6\n\
          update delete web1._http._tcp.svc.internal. TXT\n\
          update add web1._http._tcp.svc.internal. 60 TXT \"path=/v3\"",
     );
-    assert!(!out.contains("failed"), "{out}");
     assert_eq!(
         short(&server, "web1.http.svc.internal", "A"),
         ["10.0.0.5", "10.0.0.6"]
@@ -106,35 +116,32 @@ fn nsupdate_registers_a_dns_sd_service_and_changes_and_removes_it() {
     );
 
     // One address deleted, then the SRV: the instance is gone from every name.
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_made(
+        &server,
+        KEY,
         "update delete web1.http.svc.internal. A 10.0.0.5",
     );
-    assert!(!out.contains("failed"), "{out}");
     assert_eq!(short(&server, "web1.http.svc.internal", "A"), ["10.0.0.6"]);
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_made(
+        &server,
+        KEY,
         "update delete web1._http._tcp.svc.internal. SRV",
     );
-    assert!(!out.contains("failed"), "{out}");
     let srv = dig(server.dns, &["_http._tcp.svc.internal", "SRV"]);
     assert!(srv.contains("status: NXDOMAIN"), "{srv}");
     assert!(short(&server, "web1.http.svc.internal", "A").is_empty());
     // Deleting what is not there is no error (RFC 2136 §3.4.2).
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_made(
+        &server,
+        KEY,
         "update delete web1._http._tcp.svc.internal. SRV",
     );
-    assert!(!out.contains("failed"), "{out}");
 }
 
 #[test]
 fn a_failed_prerequisite_or_a_bad_change_changes_nothing() {
     let server = server_with_keys("");
-    assert!(!nsupdate(server.dns, Some(KEY), ADD_WEB1).contains("failed"));
+    update_made(&server, KEY, ADD_WEB1);
     let before = server.serial("svc.internal.");
 
     let cases = [
@@ -198,15 +205,14 @@ fn a_failed_prerequisite_or_a_bad_change_changes_nothing() {
     );
 
     // The same prerequisites, when they hold, let the change through.
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_made(
+        &server,
+        KEY,
         "prereq yxrrset web1._http._tcp.svc.internal. SRV 0 5 8080 web1.http.svc.internal.\n\
          prereq nxdomain other._http._tcp.svc.internal.\n\
          prereq yxrrset web1.http.svc.internal. A\n\
          update add web1.http.svc.internal. 60 A 10.0.0.7",
     );
-    assert!(!out.contains("failed"), "{out}");
     assert_eq!(
         short(&server, "web1.http.svc.internal", "A"),
         ["10.0.0.5", "10.0.0.7"]
@@ -233,8 +239,7 @@ fn unsigned_badly_signed_and_unauthorised_updates_are_refused() {
     // A key limited to `web` registers web, but may not touch another service, even
     // one the registration socket registered, nor write names outside `web`.
     server.register(json!({"op": "register", "service": "db", "id": "db1", "addresses": ["10.0.1.1"], "port": 5432}));
-    let out = nsupdate(server.dns, Some(WEB_KEY), add);
-    assert!(!out.contains("failed"), "{out}");
+    update_made(&server, WEB_KEY, add);
     assert_eq!(short(&server, "web2.web.svc.internal", "A"), ["10.0.0.8"]);
     // Each outcome is counted once, by its response code.
     let page = scrape(&server);
@@ -242,19 +247,17 @@ fn unsigned_badly_signed_and_unauthorised_updates_are_refused() {
         let sample = format!("svcdns_dns_updates_total{{rcode=\"{rcode}\"}}");
         assert_eq!(metric_value(&page, &sample), expected, "{sample}\n{page}");
     }
-    let out = nsupdate(
-        server.dns,
-        Some(WEB_KEY),
+    update_refused(
+        &server,
+        WEB_KEY,
         "update delete db1._db._tcp.svc.internal. SRV",
     );
-    assert!(out.contains("update failed: REFUSED"), "{out}");
     assert_eq!(short(&server, "db1.db.svc.internal", "A"), ["10.0.1.1"]);
-    let out = nsupdate(
-        server.dns,
-        Some(WEB_KEY),
+    update_refused(
+        &server,
+        WEB_KEY,
         "update add www.svc.internal. 60 A 10.0.0.1",
     );
-    assert!(out.contains("update failed: REFUSED"), "{out}");
     // A zone we do not serve.
     let out = nsupdate(
         server.dns,
@@ -267,8 +270,7 @@ fn unsigned_badly_signed_and_unauthorised_updates_are_refused() {
 
     // Without a keys file, updates are off.
     let plain = Svcdns::start();
-    let out = nsupdate(plain.dns, Some(KEY), add);
-    assert!(out.contains("update failed: REFUSED"), "{out}");
+    update_refused(&plain, KEY, add);
     assert!(short(&plain, "web2.web.svc.internal", "A").is_empty());
 }
 
@@ -287,8 +289,7 @@ fn other_records_are_kept_as_written_and_hold_their_names_against_services() {
     let server =
         Svcdns::try_with_update_keys("", r#"transfer: {allow: ["127.0.0.1/32"]}"#, KEYS_FILE)
             .expect("starts");
-    let out = nsupdate(server.dns, Some(KEY), WRITE_OTHERS);
-    assert!(!out.contains("failed"), "{out}");
+    update_made(&server, KEY, WRITE_OTHERS);
     assert_eq!(
         short(&server, "www.svc.internal", "A"),
         ["10.0.0.1", "10.0.0.2"]
@@ -332,59 +333,46 @@ fn other_records_are_kept_as_written_and_hold_their_names_against_services() {
     let reply = socket.send(&json!({"op": "register", "service": "www", "id": "a", "addresses": ["10.0.0.9"], "port": 80}));
     assert_refused(&reply, "name_conflict", "DNS UPDATE");
     server.register(json!({"op": "register", "service": "db", "id": "db1", "addresses": ["10.0.1.1"], "port": 5432}));
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
-        "update add db.svc.internal. 60 A 10.0.0.9",
-    );
-    assert!(out.contains("update failed: REFUSED"), "{out}");
+    update_refused(&server, KEY, "update add db.svc.internal. 60 A 10.0.0.9");
     assert_eq!(short(&server, "db.svc.internal", "A"), ["10.0.1.1"]);
 
     // An instance's SRV may point to a host whose addresses an earlier update wrote.
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_made(
+        &server,
+        KEY,
         "update add db2._db._tcp.svc.internal. 60 SRV 0 0 5432 www.svc.internal.",
     );
-    assert!(!out.contains("failed"), "{out}");
     assert_eq!(
         short(&server, "db2.db.svc.internal", "A"),
         ["10.0.0.1", "10.0.0.2"]
     );
 
     // RFC 2136 §3.4.2.2: data beside a CNAME is ignored, not an error.
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
-        "update add alias.svc.internal. 60 A 10.9.9.9",
-    );
-    assert!(!out.contains("failed"), "{out}");
+    update_made(&server, KEY, "update add alias.svc.internal. 60 A 10.9.9.9");
     assert!(!short(&server, "alias.svc.internal", "A").contains(&"10.9.9.9".to_string()));
 
     // Deleting one record, then a whole name.
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_made(
+        &server,
+        KEY,
         "update delete www.svc.internal. A 10.0.0.1\nupdate delete alias.svc.internal.",
     );
-    assert!(!out.contains("failed"), "{out}");
     assert_eq!(short(&server, "www.svc.internal", "A"), ["10.0.0.2"]);
     let gone = dig(server.dns, &["alias.svc.internal", "A"]);
     assert!(gone.contains("status: NXDOMAIN"), "{gone}");
     // The zone's own records are the zone file's.
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_refused(
+        &server,
+        KEY,
         "update add svc.internal. 60 NS ns9.svc.internal.",
     );
-    assert!(out.contains("update failed: REFUSED"), "{out}");
 }
 
 #[test]
 fn an_update_is_durable_once_acknowledged_and_kept_in_backups() {
     let mut server = server_with_keys("data_dir: data\n");
-    assert!(!nsupdate(server.dns, Some(KEY), ADD_WEB1).contains("failed"));
-    assert!(!nsupdate(server.dns, Some(KEY), WRITE_OTHERS).contains("failed"));
+    update_made(&server, KEY, ADD_WEB1);
+    update_made(&server, KEY, WRITE_OTHERS);
     server.kill9();
     server.restart().expect("restarts on its data_dir");
     assert_eq!(short(&server, "web1.http.svc.internal", "A"), ["10.0.0.5"]);
@@ -563,7 +551,7 @@ fn sighup_reads_the_keys_file_again_and_a_bad_one_stops_the_start() {
     let server = server_with_keys("");
     let add = "update add w._web._tcp.svc.internal. 60 SRV 0 0 80 w.web.svc.internal.\n\
                update add w.web.svc.internal. 60 A 10.0.0.8";
-    assert!(!nsupdate(server.dns, Some(WEB_KEY), add).contains("failed"));
+    update_made(&server, WEB_KEY, add);
     // web-key withdrawn: its next update is from an unknown key.
     let only_upd_key: String = KEYS_FILE
         .lines()
@@ -605,18 +593,12 @@ fn a_reload_may_not_hide_written_records_nor_remove_their_zone() {
     );
     write("other.yaml", "origin: other.test.\nrecords: []\n");
     assert!(server.reload().contains("reloaded the zones"));
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
-        "update add www.svc.internal. 60 A 10.0.0.1",
-    );
-    assert!(!out.contains("failed"), "{out}");
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_made(&server, KEY, "update add www.svc.internal. 60 A 10.0.0.1");
+    update_made(
+        &server,
+        KEY,
         "zone other.test\nupdate add www.other.test. 60 A 10.3.0.1",
     );
-    assert!(!out.contains("failed"), "{out}");
 
     // The file gives records to the written name, or to a name below it.
     for records in [
@@ -647,14 +629,12 @@ fn a_reload_may_not_hide_written_records_nor_remove_their_zone() {
     assert_eq!(short(&server, "www.other.test", "A"), ["10.3.0.1"]);
 
     // Once the written records are gone, both reloads go through.
-    let out = nsupdate(
-        server.dns,
-        Some(KEY),
+    update_made(
+        &server,
+        KEY,
         "zone other.test\nupdate delete www.other.test.",
     );
-    assert!(!out.contains("failed"), "{out}");
-    let out = nsupdate(server.dns, Some(KEY), "update delete www.svc.internal.");
-    assert!(!out.contains("failed"), "{out}");
+    update_made(&server, KEY, "update delete www.svc.internal.");
     write(
         "svc.yaml",
         "origin: svc.internal.\nrecords:\n  - {name: www, type: A, data: 10.9.9.9}\n",
